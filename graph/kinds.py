@@ -1,0 +1,95 @@
+"""The protocol between the engine and node kinds.
+
+A node kind (an LLM provider, a tool type) implements `NodeKind`; tool kinds also implement
+`ToolKind` so a parent LLM can be offered their actions as functions. The engine only sees these
+types and a `Registry` mapping `(type, provider-or-tool_type)` to a kind; `nodes/` provides the
+concrete registry. Kinds are plain async code: concurrency lives in the scheduler and runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from graph.schema import ActionRequired, ErrorInfo, LLMNodeSpec, NodeSpec, ToolCall, ToolNodeSpec, Usage
+from graph.settings import Settings
+
+KindKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who a run is for; passed explicitly to every kind call."""
+
+    run_id: str
+    user_id: str
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class ToolFunction:
+    """One action a tool node offers to its parent LLM, in OpenAI function format."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    node_id: str
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    spec: LLMNodeSpec
+    context: RunContext
+    system_prompt: str | None
+    prompt: str
+    functions: list[ToolFunction] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    spec: ToolNodeSpec
+    context: RunContext
+    calls: list[ToolCall]
+
+
+@dataclass(frozen=True)
+class NodeOutput:
+    """What a kind returns. `error` set means the work completed but failed (a tool call that
+    reported failure): the node is `failed` and still shows its per-call `output`."""
+
+    output: Any
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
+
+
+@runtime_checkable
+class NodeKind(Protocol):
+    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+        """What must be fixed before this node can run (missing key, no connection). No
+        model tokens may be spent here."""
+        ...
+
+    async def run(self, request: Any) -> NodeOutput:
+        """Run once. Raise `graph.errors.NodeError` subclasses, never SDK exceptions."""
+        ...
+
+
+@runtime_checkable
+class ToolKind(NodeKind, Protocol):
+    async def functions(self, spec: ToolNodeSpec, context: RunContext) -> list[ToolFunction]:
+        """The actions this tool node offers a parent LLM."""
+        ...
+
+
+class Registry(Protocol):
+    """Builds the kinds of one process. `known()` is used by validation; `kind()` by workers."""
+
+    def known(self) -> list[KindKey]: ...
+
+    def kind(self, key: KindKey) -> NodeKind: ...
+
+
+class RegistryFactory(Protocol):
+    def __call__(self, settings: Settings) -> Registry: ...

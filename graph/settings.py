@@ -1,0 +1,45 @@
+"""The one configuration object. Built once per process (the ingress replica) and handed to the
+node workers with each pool, so every process of a run sees the same settings; tests build
+their own. Reads `SESAME_*` variables, plus the SDK variables we own a copy of
+(`OPENAI_BASE_URL`, `COMPOSIO_API_KEY`, `COMPOSIO_BASE_URL`) so the SDKs never fall back to
+an environment we did not mean."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SESAME_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy.")
+    port: int = Field(8000, description="HTTP port of the Serve proxy.")
+    ray_address: str | None = Field(None, description="Ray cluster to join; unset = start a local one.")
+
+    workers: int = Field(2, ge=1, description="Node-worker actors in the pool (spread over the cluster).")
+    worker_concurrency: int = Field(1000, ge=1, description="Concurrent node calls per worker actor.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
+
+    llm_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
+    tool_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Composio call.")
+    node_timeout_s: float = Field(300.0, gt=0, description="Timeout of one node, retries included.")
+    retry_attempts: int = Field(3, ge=1, description="Attempts for retryable errors (1 = no retry).")
+    retry_base_delay_s: float = Field(0.5, ge=0, description="First backoff delay; doubles each retry, with jitter.")
+    retry_max_delay_s: float = Field(10.0, ge=0, description="Cap on one backoff (and on Retry-After).")
+
+    openai_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("SESAME_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible server (vLLM, Ollama, llama.cpp); unset = api.openai.com.")
+    composio_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SESAME_COMPOSIO_API_KEY", "COMPOSIO_API_KEY"),
+        description="Composio API key; without it Composio tool nodes answer action_required.")
+    composio_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("SESAME_COMPOSIO_BASE_URL", "COMPOSIO_BASE_URL"),
+        description="Composio API base URL; unset = Composio's default.")
+    composio_auth_configs: dict[str, str] = Field(
+        default_factory=dict,
+        description='Toolkit → Composio auth config id, e.g. {"gmail": "ac_123"}; '
+                    "used to make fresh connect links.",
+    )
+    composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")

@@ -1,0 +1,53 @@
+"""A validated workflow: typed node specs plus the edges the scheduler walks.
+
+Built only by `graph.validation.validate_request`; everything downstream may assume the graph is
+acyclic, every child exists, and every kind is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from graphlib import TopologicalSorter
+
+from graph.schema import LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
+
+
+@dataclass(frozen=True)
+class Workflow:
+    nodes: dict[NodeId, NodeSpec]  # in agent_config declaration order
+    user_query: str
+    user_id: str
+    conversation_id: str
+
+    @cached_property
+    def order(self) -> list[NodeId]:
+        return list(self.nodes)
+
+    @cached_property
+    def parents(self) -> dict[NodeId, list[NodeId]]:
+        """Parents of each node, in agent_config declaration order (never completion order)."""
+        parents: dict[NodeId, list[NodeId]] = {node_id: [] for node_id in self.nodes}
+        for node_id, spec in self.nodes.items():
+            for child in dict.fromkeys(spec.children):
+                parents[child].append(node_id)
+        return parents
+
+    @cached_property
+    def sinks(self) -> list[NodeId]:
+        return [node_id for node_id, spec in self.nodes.items() if not spec.children]
+
+    @cached_property
+    def ancestors(self) -> dict[NodeId, set[NodeId]]:
+        result: dict[NodeId, set[NodeId]] = {}
+        for node_id in TopologicalSorter(self.parents).static_order():
+            result[node_id] = set().union(*({p} | result[p] for p in self.parents[node_id]))
+        return result
+
+    def tool_children(self, node_id: NodeId) -> list[ToolNodeSpec]:
+        return [child for c in self.nodes[node_id].children
+                if isinstance(child := self.nodes[c], ToolNodeSpec)]
+
+    def llm_parents(self, node_id: NodeId) -> list[LLMNodeSpec]:
+        return [p for pid in self.parents[node_id]
+                if isinstance(p := self.nodes[pid], LLMNodeSpec)]
