@@ -1,0 +1,112 @@
+"""Where Ray lives: a pool of async node-worker actors and the runner that sends nodes to them.
+
+Why actors and not one Ray task per node (measured, see docs/execution.md and FACTS.md): a plain
+task reserves a CPU (20 parallel 0.5 s calls took 5 s on 2 CPUs), and with `num_cpus=0` every
+in-flight task needs its own ~100 MB worker process. LLM and tool calls are I/O-bound, so a few
+async actors (`num_cpus=0`, high `max_concurrency`), spread over the cluster, hold thousands of
+in-flight nodes as coroutines for ~1–2 ms a hop.
+
+Each actor builds its own node kinds from the settings and the registry factory it is handed, so
+`graph/` never imports `nodes/`. Ray has no per-call timeout: the runner bounds every call with
+`asyncio.wait_for` and `ray.cancel`s what it stops waiting for, including on cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from graph.kinds import RegistryFactory, RunContext
+from graph.schema import ActionRequired, ErrorInfo, NodeResult, NodeSpec, Placement
+from graph.settings import Settings
+from graph.worker import NodeTask, execute_task, preflight_node
+
+log = logging.getLogger(__name__)
+
+# Time on top of the node timeout for the actor itself to answer (queueing, serialization).
+_GRACE_S = 5.0
+
+
+class NodeWorker:
+    """The actor body (wrapped with `ray.remote` by `RayRunner`)."""
+
+    def __init__(self, settings: Settings, registry_factory: RegistryFactory):
+        self._settings = settings
+        self._registry = registry_factory(settings)
+        context = ray.get_runtime_context()
+        self._placement = Placement(ray_node_id=context.get_node_id(),
+                                    actor_id=context.get_actor_id() or "", pid=os.getpid())
+
+    async def run(self, task: NodeTask) -> NodeResult:
+        return await execute_task(self._registry, self._settings, task, self._placement)
+
+    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+        return await preflight_node(self._registry, spec, context)
+
+    async def placement(self) -> Placement:
+        return self._placement
+
+
+class RayRunner:
+    """Sends nodes to a pool of `settings.workers` actors, round robin. Needs `ray.init` done."""
+
+    def __init__(self, settings: Settings, registry_factory: RegistryFactory):
+        self._settings = settings
+        actor = ray.remote(NodeWorker).options(
+            num_cpus=0, max_concurrency=settings.worker_concurrency, scheduling_strategy="SPREAD")
+        self._workers = [actor.remote(settings, registry_factory) for _ in range(settings.workers)]
+        self._turn = itertools.count()
+
+    def _next_worker(self):  # noqa: ANN202 - an ActorHandle
+        return self._workers[next(self._turn) % len(self._workers)]
+
+    async def placements(self, timeout_s: float = 10.0) -> list[Placement]:
+        """Where each worker lives; raises TimeoutError if one does not answer in time."""
+        refs = [worker.placement.remote() for worker in self._workers]
+        return list(await asyncio.wait_for(asyncio.gather(*refs), timeout_s))
+
+    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+        ref = self._next_worker().preflight.remote(spec, context)
+        try:
+            return await self._bounded(ref, self._settings.tool_timeout_s + _GRACE_S)
+        except (TimeoutError, RayError) as exc:
+            return [ActionRequired(node_id=spec.id, kind="preflight_failed",
+                                   message=f"checking node {spec.id!r} did not complete "
+                                           f"({type(exc).__name__}); try again")]
+
+    async def run(self, task: NodeTask) -> NodeResult:
+        started = time.time()
+        ref = self._next_worker().run.remote(task)
+        try:
+            return await self._bounded(ref, self._settings.node_timeout_s + _GRACE_S)
+        except TimeoutError:
+            error = ErrorInfo(code="node_timeout", retryable=True,
+                              message=f"node {task.spec.id!r} got no answer from its worker within "
+                                      f"{self._settings.node_timeout_s + _GRACE_S:g} s")
+        except RayActorError:
+            error = ErrorInfo(code="worker_died", retryable=True,
+                              message=f"the worker running node {task.spec.id!r} died; run again")
+        except RayError as exc:
+            log.exception("node %s: Ray error", task.spec.id, extra={"run_id": task.context.run_id})
+            error = ErrorInfo(code="runtime_error", retryable=True,
+                              message=f"node {task.spec.id!r} could not be run on Ray ({type(exc).__name__})")
+        finished = time.time()
+        spec = task.spec
+        return NodeResult(id=spec.id, name=spec.name, type=spec.type, status="failed", error=error,
+                          started_at=started, finished_at=finished, attempts=1,
+                          duration_ms=round((finished - started) * 1000, 3))
+
+    @staticmethod
+    async def _bounded(ref: ray.ObjectRef, timeout_s: float):  # noqa: ANN205
+        """Await an actor call for at most `timeout_s`; cancel it on Ray if we stop waiting."""
+        try:
+            return await asyncio.wait_for(ref, timeout_s)
+        except BaseException:
+            ray.cancel(ref)
+            raise

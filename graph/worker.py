@@ -1,0 +1,146 @@
+"""What one node-worker does with one node: look up its kind, run it with retries and a timeout,
+and describe the outcome as a `NodeResult`.
+
+This is the code that runs *inside* a Ray worker actor (`graph.runtime`) — or in-process through
+`LocalRunner` for unit tests and embedding. It never raises: every failure becomes a `failed`
+result with a `{code, message, retryable}` error, so nothing but our own types crosses Ray.
+Concurrency between nodes is the scheduler's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from graph.errors import NodeError, redact
+from graph.kinds import LLMRequest, NodeOutput, Registry, RunContext, ToolFunction, ToolRequest
+from graph.schema import (ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement,
+                          ToolCall, ToolNodeSpec)
+from graph.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """Everything a worker needs to run one node; built by the scheduler, already rendered."""
+
+    spec: NodeSpec
+    context: RunContext
+    prompt: str = ""                          # LLM: the rendered prompt (user message)
+    system_prompt: str | None = None          # LLM: the rendered system prompt
+    tools: tuple[ToolNodeSpec, ...] = ()      # LLM: tool children whose actions it is offered
+    calls: tuple[ToolCall, ...] = ()          # Tool: the calls to execute, in order
+
+
+class NodeRunner(Protocol):
+    """Where nodes run: in a Ray actor pool (`graph.runtime.RayRunner`) or in-process."""
+
+    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]: ...
+
+    async def run(self, task: NodeTask) -> NodeResult: ...
+
+
+async def preflight_node(registry: Registry, spec: NodeSpec,
+                         context: RunContext) -> list[ActionRequired]:
+    try:
+        return await registry.kind(spec.kind).preflight(spec, context)
+    except Exception as exc:  # a kind's bug must not take the run down with a 500
+        log.exception("preflight of node %s failed", spec.id, extra={"run_id": context.run_id})
+        return [ActionRequired(node_id=spec.id, kind="preflight_failed",
+                               message=f"checking node {spec.id!r} failed ({type(exc).__name__}); "
+                                       "see the server log")]
+
+
+async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
+                       placement: Placement | None = None) -> NodeResult:
+    spec = task.spec
+    started = time.time()
+    attempts = 0
+    output: NodeOutput | None = None
+    error: ErrorInfo | None = None
+    try:
+        async with asyncio.timeout(settings.node_timeout_s):
+            while True:
+                attempts += 1
+                try:
+                    output = await _run_once(registry, task)
+                    break
+                except NodeError as exc:
+                    if not _should_retry(exc, attempts, settings):
+                        raise
+                    await asyncio.sleep(_backoff(attempts, exc.retry_after_s, settings))
+    except NodeError as exc:
+        error = ErrorInfo(code=exc.error_code, message=exc.message, retryable=exc.retryable)
+    except TimeoutError:
+        error = ErrorInfo(code="node_timeout", retryable=True,
+                          message=f"node {spec.id!r} did not finish within {settings.node_timeout_s:g} s")
+    except Exception as exc:
+        log.exception("node %s crashed", spec.id, extra={"run_id": task.context.run_id})
+        secret = spec.api_key_value.get_secret_value() if isinstance(spec, LLMNodeSpec) and spec.api_key_value else None
+        error = ErrorInfo(code="internal_error", retryable=False,
+                          message=redact(f"node {spec.id!r} crashed: {type(exc).__name__}: {exc}", [secret]))
+    finished = time.time()
+    if output is not None and output.error is not None:
+        error = output.error
+    return NodeResult(
+        id=spec.id, name=spec.name, type=spec.type, status="failed" if error else "succeeded",
+        output=output.output if output else None, error=error,
+        tool_calls=output.tool_calls if output else [], usage=output.usage if output else None,
+        attempts=attempts, started_at=started, finished_at=finished,
+        duration_ms=round((finished - started) * 1000, 3), placement=placement)
+
+
+async def _run_once(registry: Registry, task: NodeTask) -> NodeOutput:
+    spec = task.spec
+    kind = registry.kind(spec.kind)
+    if isinstance(spec, ToolNodeSpec):
+        return await kind.run(ToolRequest(spec=spec, context=task.context, calls=list(task.calls)))
+    offered = await asyncio.gather(*(registry.kind(tool.kind).functions(tool, task.context)  # type: ignore[attr-defined]
+                                     for tool in task.tools))
+    functions = [f for per_tool in offered for f in per_tool]
+    output = await kind.run(LLMRequest(spec=spec, context=task.context, system_prompt=task.system_prompt,
+                                       prompt=task.prompt, functions=functions))
+    return _route_calls(output, functions)
+
+
+def _route_calls(output: NodeOutput, functions: list[ToolFunction]) -> NodeOutput:
+    """Name each tool call's owner node and toolkit version: the first tool child that offered
+    the action. A call of an action nobody offered keeps `node_id=None` and runs nowhere."""
+    owners: dict[str, ToolFunction] = {}
+    for function in functions:
+        owners.setdefault(function.name, function)
+    calls = [call.model_copy(update={"node_id": owners[call.action].node_id,
+                                     "version": owners[call.action].version})
+             if call.action in owners else call for call in output.tool_calls]
+    return NodeOutput(output=output.output, tool_calls=calls, usage=output.usage, error=output.error)
+
+
+def _should_retry(exc: NodeError, attempts: int, settings: Settings) -> bool:
+    return exc.retryable and not exc.may_have_reached_provider and attempts < settings.retry_attempts
+
+
+def _backoff(attempts: int, retry_after_s: float | None, settings: Settings) -> float:
+    """Exponential backoff with full jitter; a provider's Retry-After wins, up to the cap."""
+    if retry_after_s is not None:
+        return min(max(retry_after_s, 0.0), settings.retry_max_delay_s)
+    ceiling = min(settings.retry_base_delay_s * 2 ** (attempts - 1), settings.retry_max_delay_s)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class LocalRunner:
+    """Runs nodes in this process: for unit tests and embedding without Ray."""
+
+    def __init__(self, registry: Registry, settings: Settings):
+        self._registry = registry
+        self._settings = settings
+
+    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+        return await preflight_node(self._registry, spec, context)
+
+    async def run(self, task: NodeTask) -> NodeResult:
+        return await execute_task(self._registry, self._settings, task)

@@ -1,0 +1,214 @@
+"""A loopback OpenAI-compatible chat-completions server that records what it received.
+
+The real `openai` SDK talks to it through `OPENAI_BASE_URL=http://127.0.0.1:PORT/v1`. A test
+steers one call through a `"stub"` object in the request body, which a node sends by putting
+it in its `parameters` (Sesame passes parameters through to the provider):
+
+    {"stub": {"latency_ms": 300,            # sleep before answering
+              "content": "hello",           # reply text (default: "echo: <last user message>")
+              "tool_calls": [{"name": "GMAIL_SEND_EMAIL", "arguments": {...}}] | "none",
+              "status": 400, "message": "...", "retry_after": 2,   # answer with an error
+              "fail_first": 2, "key": "k"}} # fail the first 2 calls with this key, then succeed
+
+Without directives a call that offers tools gets one call of the first tool, its arguments made
+from the tool's JSON schema (an e-mail address found in the prompt for *email* fields).
+Built on `http.server` with Nagle off and a deep backlog (FACTS.md: otherwise replies stall on
+delayed ACK and bursts are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    started_at: float
+    finished_at: float | None = None
+    status: int | None = None
+    response: dict[str, Any] | None = None
+
+    @property
+    def user_message(self) -> str:
+        users = [m for m in self.body.get("messages", []) if m.get("role") == "user"]
+        return users[-1]["content"] if users else ""
+
+    @property
+    def system_message(self) -> str | None:
+        systems = [m for m in self.body.get("messages", []) if m.get("role") == "system"]
+        return systems[0]["content"] if systems else None
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.body.get("tools", [])]
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[Recorded] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    failures: Counter = field(default_factory=Counter)
+
+
+class OpenAIStub:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._state = _State()
+        state = self._state
+
+        class Handler(_Handler):
+            stub_state = state
+
+        self._server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
+        self._server.request_queue_size = 1024
+        self._server.daemon_threads = True
+        self._server.server_bind()
+        self._server.server_activate()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "OpenAIStub":
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._state.max_in_flight
+
+    def reset(self) -> None:
+        with self._state.lock:
+            self._state.requests.clear()
+            self._state.failures.clear()
+            self._state.max_in_flight = self._state.in_flight
+
+
+class _Handler(BaseHTTPRequestHandler):
+    stub_state: _State
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        record = Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                          time.time())
+        state = self.stub_state
+        with state.lock:
+            state.requests.append(record)
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            directive = body.get("stub") or {}
+            time.sleep(float(directive.get("latency_ms", 0)) / 1000)
+            if not self.path.endswith("/chat/completions"):
+                status, reply, headers = 404, _error(f"no route {self.path}", "not_found"), {}
+            else:
+                status, reply, headers = _answer(body, directive, record, state)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+        record.status, record.response, record.finished_at = status, reply, time.time()
+        self._send(status, reply, headers)
+
+    def _send(self, status: int, reply: dict[str, Any], headers: dict[str, str]) -> None:
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": code}}
+
+
+def _answer(body: dict[str, Any], directive: dict[str, Any], record: Recorded,
+            state: _State) -> tuple[int, dict[str, Any], dict[str, str]]:
+    if "status" in directive:
+        key = directive.get("key", "")
+        with state.lock:
+            state.failures[key] += 1
+            failing = state.failures[key] <= directive.get("fail_first", 10**9)
+        if failing:
+            headers = {"Retry-After": str(directive["retry_after"])} if "retry_after" in directive else {}
+            message = directive.get("message", f"stub error {directive['status']}")
+            return int(directive["status"]), _error(message, "stub_error"), headers
+    if not record.headers.get("authorization", "").startswith("Bearer "):
+        return 401, _error("missing API key", "invalid_api_key"), {}
+
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": directive.get("content", f"echo: {record.user_message}")}
+    calls = _tool_calls(body, directive, record.user_message)
+    if calls:
+        message["tool_calls"] = calls
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion_tokens = len(str(message["content"]).split())
+    return 200, {
+        "id": f"chatcmpl-{len(state.requests)}", "object": "chat.completion",
+        "created": int(time.time()), "model": body.get("model", "stub"),
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": "tool_calls" if calls else "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }, {}
+
+
+def _tool_calls(body: dict[str, Any], directive: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
+    wanted = directive.get("tool_calls")
+    tools = body.get("tools") or []
+    if wanted == "none" or (wanted is None and not tools):
+        return []
+    if wanted is None:
+        function = tools[0]["function"]
+        wanted = [{"name": function["name"],
+                   "arguments": _arguments_for(function.get("parameters") or {}, prompt)}]
+    return [{"id": f"call_{index}", "type": "function",
+             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])
+                          if not isinstance(call["arguments"], str) else call["arguments"]}}
+            for index, call in enumerate(wanted)]
+
+
+def _arguments_for(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
+    found = _EMAIL.search(prompt)
+    arguments: dict[str, Any] = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        if name not in schema.get("required", []) and name not in ("subject", "body"):
+            continue
+        if prop.get("type", "string") != "string":
+            continue
+        arguments[name] = found.group(0) if "email" in name and found else f"{name} about: {prompt}"
+    return arguments

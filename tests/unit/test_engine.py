@@ -1,0 +1,140 @@
+"""The scheduler and engine over fake kinds, in-process (no Ray): ordering, joins, failure,
+tool routing, preflight, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from graph.engine import run_workflow
+from graph.settings import Settings
+from graph.validation import validate_request
+from graph.worker import LocalRunner
+from tests.unit.fakes import FakeRegistry, llm, request, tool
+
+
+def run(body, registry=None, **settings):
+    registry = registry or FakeRegistry()
+    workflow = validate_request(body, registry.known())
+    runner = LocalRunner(registry, Settings(retry_base_delay_s=0.001, **settings))
+    return asyncio.run(run_workflow(workflow, runner)), registry
+
+
+def test_diamond_joins_once_after_all_parents_with_inputs_in_declaration_order():
+    # B is declared before C but finishes last; the join must still see B's output first.
+    body = request(llm("A", ["C", "B"]), llm("B", ["D"], delay=0.05), llm("C", ["D"], delay=0.01),
+                   llm("D"), user_query="q")
+    response, registry = run(body)
+    assert response.status == "succeeded"
+    assert registry.time_of("end", "C") < registry.time_of("end", "B")
+    assert len(registry.requests("D")) == 1
+    assert registry.requests("D")[0].prompt == "B(A(q))\n\nC(A(q))"
+    assert registry.time_of("start", "D") >= max(registry.time_of("end", "B"), registry.time_of("end", "C"))
+    assert response.output == "D(B(A(q))\n\nC(A(q)))"
+
+
+def test_a_node_starts_when_its_own_parents_finish_not_when_a_layer_does():
+    # A -> B (fast) -> E ; A -> C (slow). E must start before C ends: no layer barrier.
+    body = request(llm("A", ["B", "C"]), llm("B", ["E"]), llm("C", delay=0.3), llm("E"))
+    response, registry = run(body)
+    assert registry.time_of("start", "E") < registry.time_of("end", "C")
+    assert set(response.outputs) == {"C", "E"}
+
+
+def test_uneven_join_waits_for_the_long_branch():
+    body = request(llm("A", ["J", "B"]), llm("B", ["C"]), llm("C", ["J"], delay=0.05), llm("J"))
+    response, registry = run(body, )
+    assert len(registry.requests("J")) == 1
+    assert registry.time_of("start", "J") >= registry.time_of("end", "C")
+    assert registry.requests("J")[0].prompt == "A(hi)\n\nC(B(A(hi)))"
+
+
+def test_failure_skips_descendants_and_independent_branch_finishes():
+    body = request(llm("A", ["B"], fail="provider_error"), llm("B", ["C"]), llm("C"), llm("X"))
+    response, registry = run(body)
+    nodes = response.nodes
+    assert nodes["A"].status == "failed" and nodes["A"].error.code == "provider_error"
+    assert nodes["B"].status == "skipped" and nodes["C"].status == "skipped"
+    assert 'upstream node "A" failed' in nodes["C"].skip_reason
+    assert nodes["X"].status == "succeeded"
+    assert response.status == "partial" and response.outputs == {"X": "X(hi)"}
+    assert registry.requests("B") == []
+
+
+def test_run_failed_when_no_sink_succeeded():
+    response, _ = run(request(llm("A", fail="bad")))
+    assert response.status == "failed" and response.outputs == {}
+
+
+def test_retryable_errors_are_retried_and_counted_caller_errors_are_not():
+    flaky = llm("A", fail="provider_error", retryable=True, fail_times=2)
+    response, _ = run(request(flaky), retry_attempts=3)
+    assert response.nodes["A"].status == "succeeded" and response.nodes["A"].attempts == 3
+    response, registry = run(request(llm("A", fail="bad_request", retryable=False)), retry_attempts=3)
+    assert response.nodes["A"].attempts == 1 and registry.attempts["A"] == 1
+
+
+def test_llm_tool_calls_are_routed_to_the_tool_child_with_the_offered_version():
+    body = request(llm("1", ["2"], calls=[{"action": "GMAIL_SEND", "arguments": {"to": "sam"}}]), tool("2"))
+    response, registry = run(body)
+    assert registry.requests("1")[0].functions[0].name == "GMAIL_SEND"
+    assert response.nodes["1"].tool_calls[0].node_id == "2"
+    assert response.nodes["2"].output == [{"action": "GMAIL_SEND", "arguments": {"to": "sam"}, "version": "v1"}]
+    assert response.status == "succeeded" and response.output == response.nodes["2"].output
+
+
+def test_a_tool_child_without_a_call_is_skipped_and_the_llm_text_is_the_answer():
+    response, registry = run(request(llm("1", ["2"]), tool("2")))
+    assert response.nodes["2"].status == "skipped" and response.nodes["2"].skip_reason == "no_tool_call"
+    assert response.status == "succeeded" and response.output == "1(hi)"
+    assert registry.requests("2") == []
+
+
+def test_a_tool_without_llm_parent_runs_its_action_with_rendered_arguments():
+    body = request(tool("T", action="GMAIL_SEND", arguments={"body": "{user_query} from {user_id}",
+                                                            "n": 3, "raw": "{0} {input.__class__}"}))
+    response, registry = run(body)
+    call = registry.requests("T")[0].calls[0]
+    assert call.arguments == {"body": "hi from u1", "n": 3, "raw": "{0} {input.__class__}"}
+    assert response.status == "succeeded"
+
+
+def test_templates_see_ancestor_outputs():
+    body = request(llm("A", ["B"]), llm("B", ["C"]), llm("C", prompt="first={node.A} last={input}"))
+    response, registry = run(body)
+    assert registry.requests("C")[0].prompt == "first=A(hi) last=B(A(hi))"
+
+
+def test_preflight_action_required_runs_nothing():
+    response, registry = run(request(llm("A", ["B"], needs_key=True), llm("B"), llm("X")))
+    assert response.status == "action_required"
+    assert [a.env_var for a in response.action_required] == ["FAKE_KEY"]
+    assert {n: r.status for n, r in response.nodes.items()} == {
+        "A": "action_required", "B": "skipped", "X": "skipped"}
+    assert registry.log == []
+
+
+def test_usage_is_summed_over_nodes():
+    response, _ = run(request(llm("A", ["B"]), llm("B")))
+    assert response.usage.total_tokens == 6
+
+
+def test_cancelling_a_run_cancels_in_flight_nodes():
+    registry = FakeRegistry()
+    workflow = validate_request(request(llm("A", delay=5), llm("B", delay=5)), registry.known())
+
+    async def scenario():
+        task = asyncio.ensure_future(run_workflow(workflow, LocalRunner(registry, Settings())))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(scenario(), 2))
+    assert sorted(n for e, n, _, _ in registry.log if e == "end") == ["A", "B"]
+
+
+def test_node_timeout_fails_the_node():
+    response, _ = run(request(llm("A", delay=1)), node_timeout_s=0.05)
+    assert response.nodes["A"].status == "failed" and response.nodes["A"].error.code == "node_timeout"
