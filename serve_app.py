@@ -8,8 +8,9 @@ error shape of DESIGN §4. It must not hold engine logic: parsing and validation
     python serve_app.py                          # local Ray + Serve on SESAME_HOST:SESAME_PORT
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see real types on the routes
+# (with string annotations, `request: Request` inside the Serve class became a query field).
+import functools
 import logging
 import uuid
 from typing import Any
@@ -96,6 +97,24 @@ _RUN_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/RunRequest"}}}}}
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request model (the body is parsed by us, not by FastAPI, so
+    that duplicate keys and lone surrogates are caught before pydantic sees the JSON)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        request_schema = RunRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request_schema.pop("$defs", {}))
+        components["RunRequest"] = request_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+# Set before `serve.ingress`, which pickles a copy of the app; the partial travels with it.
+api.openapi = functools.partial(_openapi, api)  # type: ignore[method-assign]
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(api)
 class SesameIngress:
@@ -124,21 +143,6 @@ class SesameIngress:
                              "ray_nodes": len({p.ray_node_id for p in placements})})
 
 
-def _openapi() -> dict[str, Any]:
-    """FastAPI's schema plus the request model (the body is parsed by us, not by FastAPI, so
-    that duplicate keys and lone surrogates are caught before pydantic sees the JSON)."""
-    if api.openapi_schema is None:
-        schema = get_openapi(title=api.title, version=api.version, description=api.description,
-                             routes=api.routes)
-        request_schema = RunRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request_schema.pop("$defs", {}))
-        components["RunRequest"] = request_schema
-        api.openapi_schema = schema
-    return api.openapi_schema
-
-
-api.openapi = _openapi  # type: ignore[method-assign]
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -90,6 +90,10 @@ class Registry(Protocol):
 
     def kind(self, key: KindKey) -> NodeKind: ...
 
+    def warm_up(self) -> None:
+        """Load slow dependencies ahead of the first run; blocking, called in a thread."""
+        ...
+
 
 class RegistryFactory(Protocol):
     def __call__(self, settings: Settings) -> Registry: ...

@@ -17,7 +17,9 @@ import asyncio
 import itertools
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import ray
 from ray.exceptions import RayActorError, RayError
@@ -39,14 +41,25 @@ class NodeWorker:
     def __init__(self, settings: Settings, registry_factory: RegistryFactory):
         self._settings = settings
         self._registry = registry_factory(settings)
+        self._threads: ThreadPoolExecutor | None = None
+        threading.Thread(target=self._registry.warm_up, name="warm-up", daemon=True).start()
         context = ray.get_runtime_context()
         self._placement = Placement(ray_node_id=context.get_node_id(),
                                     actor_id=context.get_actor_id() or "", pid=os.getpid())
 
+    def _use_own_threads(self) -> None:
+        """Blocking SDKs run via `asyncio.to_thread`, whose default pool has min(32, cpus + 4)
+        threads: 6 on two cores, which would cap a worker at 6 concurrent Composio calls."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._settings.worker_threads, thread_name_prefix="sdk")
+            asyncio.get_running_loop().set_default_executor(self._threads)
+
     async def run(self, task: NodeTask) -> NodeResult:
+        self._use_own_threads()
         return await execute_task(self._registry, self._settings, task, self._placement)
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+        self._use_own_threads()
         return await preflight_node(self._registry, spec, context)
 
     async def placement(self) -> Placement:

@@ -42,4 +42,9 @@ class Settings(BaseSettings):
         description='Toolkit → Composio auth config id, e.g. {"gmail": "ac_123"}; '
                     "used to make fresh connect links.",
     )
+    composio_toolkit_versions: dict[str, str] = Field(
+        default_factory=dict,
+        description='Toolkit → pinned Composio toolkit version, e.g. {"gmail": "20250909_00"}; '
+                    "unpinned toolkits use the latest schema and execute with its version.")
+    worker_threads: int = Field(64, ge=1, description="Threads per worker actor for blocking SDK calls.")
     composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
@@ -24,10 +22,10 @@ from graph.errors import NodeTimeout, ProviderError, redact
 from graph.kinds import LLMRequest, NodeOutput, RunContext
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
+from nodes.provider_http import retry_after_s, retryable_status
 
 SESAME_PARAMETERS = ("memory",)  # consumed by Sesame, never sent to the provider
 _MAX_CLIENTS = 32                # one SDK client (connection pool) per distinct key, LRU
-_RETRYABLE_STATUS = {408, 409, 429}
 
 
 class OpenAIChatKind:
@@ -119,23 +117,9 @@ def _converted(exc: openai.APIError, spec: LLMNodeSpec, key: str) -> ProviderErr
         return ProviderError(f"{where}: could not reach the model server", "provider_unreachable", True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        retryable = status in _RETRYABLE_STATUS or status >= 500
+        retryable = retryable_status(status)
         message = redact(f"{where}: the provider answered {status}: {exc.message}", [key])
         code = {401: "provider_auth_failed", 403: "provider_forbidden", 404: "model_not_found",
                 429: "provider_rate_limited"}.get(status, "provider_error")
-        return ProviderError(message, code, retryable, False, _retry_after(exc.response.headers))
+        return ProviderError(message, code, retryable, False, retry_after_s(exc.response.headers))
     return ProviderError(redact(f"{where}: {exc.message}", [key]), "provider_error", False)
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
-    except (TypeError, ValueError):
-        return None

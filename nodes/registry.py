@@ -23,6 +23,13 @@ class KindRegistry:
     def known(self) -> list[KindKey]:
         return list(KINDS)
 
+    def warm_up(self) -> None:
+        """Build every kind and let it load what it loads lazily (slow SDK imports)."""
+        for key in KINDS:
+            warm_up = getattr(self.kind(key), "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+
     def kind(self, key: KindKey) -> NodeKind:
         if key not in self._built:
             self._built[key] = KINDS[key](self._settings)

@@ -1,0 +1,67 @@
+"""One real local Ray + Serve for the whole session, real HTTP, real SDKs against loopback stubs.
+
+Environment variables are set before `ray.init` so the workers and replicas inherit them
+(FACTS.md). Two Serve apps share the cluster: `/` is configured like a real deployment (keys,
+Composio auth config), `/bare/` has no Composio key and no auth config, for the preflight cases.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import httpx
+import pytest
+
+from tests.stubs.composio_stub import ComposioStub
+from tests.stubs.openai_stub import OpenAIStub
+
+OPENAI_KEY = "test-openai-key-0001"
+COMPOSIO_KEY = "test-composio-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def openai_stub():
+    stub = OpenAIStub().start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture(scope="session")
+def composio_stub():
+    stub = ComposioStub(api_key=COMPOSIO_KEY).start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture(scope="session")
+def sesame_url(openai_stub, composio_stub):
+    import ray
+    from ray import serve
+
+    from serve_app import app_builder
+
+    os.environ.update({"OPENAI_BASE_URL": openai_stub.base_url, "OPENAI_API_KEY": OPENAI_KEY,
+                       "COMPOSIO_BASE_URL": composio_stub.base_url, "COMPOSIO_API_KEY": COMPOSIO_KEY})
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_builder({"composio_auth_configs": {"gmail": "ac_gmail"}}), name="main", route_prefix="/")
+    serve.run(app_builder({"composio_api_key": None}), name="bare", route_prefix="/bare")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture
+def client(sesame_url, openai_stub, composio_stub):
+    openai_stub.reset()
+    composio_stub.reset()
+    with httpx.Client(base_url=sesame_url, timeout=60) as http:
+        yield http
