@@ -314,6 +314,6 @@ def _check_reference(workflow: Workflow, node_id: NodeId, field: str, ref: str,
                      problems: _Problems) -> None:
     if ref not in workflow.nodes:
         problems.add(node_id, field, f'{{node.{ref}}} names "{ref}", which is not in agent_config')
-    elif ref not in workflow.ancestors[node_id]:
+    elif ref not in workflow.ancestors_of(node_id):
         problems.add(node_id, field, f'{{node.{ref}}} names "{ref}", which is not an ancestor of '
                      f'node "{node_id}": its output is not ready when this node runs')

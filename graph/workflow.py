@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from graphlib import TopologicalSorter
 
 from graph.schema import LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
 
@@ -37,12 +36,17 @@ class Workflow:
     def sinks(self) -> list[NodeId]:
         return [node_id for node_id, spec in self.nodes.items() if not spec.children]
 
-    @cached_property
-    def ancestors(self) -> dict[NodeId, set[NodeId]]:
-        result: dict[NodeId, set[NodeId]] = {}
-        for node_id in TopologicalSorter(self.parents).static_order():
-            result[node_id] = set().union(*({p} | result[p] for p in self.parents[node_id]))
-        return result
+    def ancestors_of(self, node_id: NodeId) -> set[NodeId]:
+        """Every node above `node_id`. Computed on demand (only templates that name
+        `{node.<id>}` need it): a table for all nodes would be quadratic on long chains."""
+        seen: set[NodeId] = set()
+        stack = list(self.parents[node_id])
+        while stack:
+            parent = stack.pop()
+            if parent not in seen:
+                seen.add(parent)
+                stack.extend(self.parents[parent])
+        return seen
 
     def tool_children(self, node_id: NodeId) -> list[ToolNodeSpec]:
         return [child for c in self.nodes[node_id].children
