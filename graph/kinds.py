@@ -8,6 +8,7 @@ concrete registry. Kinds are plain async code: concurrency lives in the schedule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,12 +39,28 @@ class ToolFunction:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of the conversation (conversation memory): the user's query and the
+    run's final answer as text."""
+
+    user: str
+    assistant: str
+
+
+@dataclass(frozen=True)
 class LLMRequest:
+    """One model call. `history` holds the conversation's earlier turns (oldest first) when the
+    node uses memory: they go between the system prompt and `prompt`. `on_token`, when set, is
+    called with each piece of generated text as it arrives (a kind that cannot stream ignores it
+    and the full text still comes back in `NodeOutput.output`)."""
+
     spec: LLMNodeSpec
     context: RunContext
     system_prompt: str | None
     prompt: str
     functions: list[ToolFunction] = field(default_factory=list)
+    history: tuple[Turn, ...] = ()
+    on_token: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
