@@ -1,0 +1,42 @@
+"""Fixtures shared by unit and integration tests: a fresh database per test, on SQLite and on a
+real PostgreSQL (started once per session; see tests/stubs/postgres.py)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.stubs.postgres import Postgres, server_binaries
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    url = os.environ.get("SESAME_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if server_binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries are missing in CI (.ci/run installs them)")
+        pytest.skip("no PostgreSQL server here (apt-get install postgresql to run these)")
+    server = Postgres().start()
+    yield server.url
+    server.stop()
+
+
+def _fresh_postgres_database(server_url: str) -> str:
+    import psycopg
+
+    name = f"sesame_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sesame.db'}"
+    return _fresh_postgres_database(request.getfixturevalue("postgres_url"))
