@@ -1,9 +1,11 @@
-"""One run, start to finish: preflight, schedule, summarise (DESIGN §3, §4).
+"""One run of a workflow, start to finish: preflight, schedule, summarise (DESIGN §3, §4).
 
-`run_workflow` is the engine's entry point for every caller — the HTTP ingress and Python code
-alike. Preflight asks every node what must be fixed before a token is spent; if anything must,
-the run ends `action_required` and nothing runs. Otherwise the scheduler runs the graph and the
-results are folded into one `RunResponse`.
+`Execution` is the engine's entry point for every caller — the HTTP ingress (through
+`graph.runs.RunService`, which adds storage, events and memory) and Python code alike
+(`run_workflow`). Preflight asks every node what must be fixed before a token is spent; if
+anything must, the run ends `action_required` and nothing runs. Otherwise the scheduler runs the
+graph and the results are folded into one `RunResponse`. A run stopped from outside (cancelled,
+the process stopping) is summarised by `stopped`, from what had finished by then.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import time
 import uuid
 
 from graph.kinds import RunContext
-from graph.scheduler import NO_TOOL_CALL, Scheduler
-from graph.schema import NodeId, NodeResult, RunResponse, RunStatus, Usage
+from graph.scheduler import NO_TOOL_CALL, RunObserver, RunOptions, Scheduler
+from graph.schema import ErrorInfo, NodeId, NodeResult, RunResponse, RunStatus, Usage
 from graph.worker import NodeRunner
 from graph.workflow import Workflow
 
@@ -23,32 +25,56 @@ def new_run_id() -> str:
     return f"run_{uuid.uuid4().hex}"
 
 
-async def run_workflow(workflow: Workflow, runner: NodeRunner, run_id: str | None = None) -> RunResponse:
-    context = RunContext(run_id=run_id or new_run_id(), user_id=workflow.user_id,
-                         conversation_id=workflow.conversation_id)
-    started = time.perf_counter()
-    checks = await asyncio.gather(*(runner.preflight(spec, context) for spec in workflow.nodes.values()))
-    action_required = [item for per_node in checks for item in per_node]
-    if action_required:
-        concerned = {item.node_id for item in action_required}
-        nodes = {node_id: NodeResult(id=node_id, name=spec.name, type=spec.type,
-                                     status="action_required" if node_id in concerned else "skipped",
-                                     skip_reason=None if node_id in concerned else "action_required")
-                 for node_id, spec in workflow.nodes.items()}
-        return RunResponse(run_id=context.run_id, status="action_required", user_id=workflow.user_id,
-                           conversation_id=workflow.conversation_id, nodes=nodes,
-                           action_required=action_required, duration_ms=_ms_since(started))
+class Execution:
+    def __init__(self, workflow: Workflow, runner: NodeRunner, run_id: str | None = None,
+                 observer: RunObserver | None = None, options: RunOptions = RunOptions()):
+        self.workflow = workflow
+        self.context = RunContext(run_id=run_id or new_run_id(), user_id=workflow.user_id,
+                                  conversation_id=workflow.conversation_id)
+        self._runner = runner
+        self._scheduler = Scheduler(workflow, runner, self.context, observer, options)
+        self._started = time.perf_counter()
 
-    nodes = await Scheduler(workflow, runner, context).run()
-    deciding = deciding_nodes(workflow, nodes)
-    outputs = {node_id: nodes[node_id].output for node_id in deciding
-               if nodes[node_id].status == "succeeded"}
-    return RunResponse(
-        run_id=context.run_id, status=_status(deciding, nodes), user_id=workflow.user_id,
-        conversation_id=workflow.conversation_id,
-        output=outputs.get(deciding[0]) if len(deciding) == 1 else outputs,
-        outputs=outputs, nodes=nodes, usage=sum((n.usage for n in nodes.values() if n.usage), Usage()),
-        duration_ms=_ms_since(started))
+    async def run(self) -> RunResponse:
+        self._started = time.perf_counter()
+        checks = await asyncio.gather(*(self._runner.preflight(spec, self.context)
+                                        for spec in self.workflow.nodes.values()))
+        action_required = [item for per_node in checks for item in per_node]
+        if action_required:
+            concerned = {item.node_id for item in action_required}
+            nodes = {node_id: NodeResult(id=node_id, name=spec.name, type=spec.type,
+                                         status="action_required" if node_id in concerned else "skipped",
+                                         skip_reason=None if node_id in concerned else "action_required")
+                     for node_id, spec in self.workflow.nodes.items()}
+            return self._response("action_required", nodes).model_copy(
+                update={"action_required": action_required})
+        nodes = await self._scheduler.run()
+        return self._response(None, nodes)
+
+    def stopped(self, status: RunStatus, error: ErrorInfo) -> RunResponse:
+        """The run as it stands when stopped from outside: finished nodes as they finished, the
+        rest `cancelled` with `error`."""
+        return self._response(status, self._scheduler.stopped_results(error), error)
+
+    def _response(self, status: RunStatus | None, nodes: dict[NodeId, NodeResult],
+                  error: ErrorInfo | None = None) -> RunResponse:
+        deciding = deciding_nodes(self.workflow, nodes)
+        outputs = {node_id: nodes[node_id].output for node_id in deciding
+                   if nodes[node_id].status == "succeeded"}
+        return RunResponse(
+            run_id=self.context.run_id, status=status or _status(deciding, nodes),
+            user_id=self.workflow.user_id, conversation_id=self.workflow.conversation_id,
+            output=outputs.get(deciding[0]) if len(deciding) == 1 else outputs, outputs=outputs,
+            nodes=nodes, usage=sum((n.usage for n in nodes.values() if n.usage), Usage()),
+            duration_ms=round((time.perf_counter() - self._started) * 1000, 3), error=error)
+
+
+async def run_workflow(workflow: Workflow, runner: NodeRunner, run_id: str | None = None,
+                       observer: RunObserver | None = None,
+                       options: RunOptions = RunOptions()) -> RunResponse:
+    """Run `workflow` to the end and answer with every node's result (no store, no events
+    unless an observer is given). Cancelling the awaiting task cancels every node in flight."""
+    return await Execution(workflow, runner, run_id, observer, options).run()
 
 
 def deciding_nodes(workflow: Workflow, nodes: dict[NodeId, NodeResult]) -> list[NodeId]:
@@ -68,7 +94,3 @@ def _status(deciding: list[NodeId], nodes: dict[NodeId, NodeResult]) -> RunStatu
     if succeeded == len(deciding):
         return "succeeded"
     return "partial" if succeeded else "failed"
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

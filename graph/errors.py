@@ -3,8 +3,10 @@
     SesameError                      base; `code` (snake_case) and `http_status`
     ├── RequestError                 the caller sent something we cannot accept (4xx)
     │   ├── MalformedJSON            400: the body is not JSON
+    │   ├── NotFound                 404: no such run or conversation *for this caller*
     │   ├── BodyTooLarge             413: the body is over `SESAME_MAX_BODY_BYTES`
-    │   └── InvalidRequest           422: the graph or a field is invalid; carries every problem
+    │   ├── InvalidRequest           422: the graph or a field is invalid; carries every problem
+    │   └── IdempotencyKeyReused     422: an Idempotency-Key sent again with a different body
     ├── NodeError                    a node failed while running; recorded on the node, never an
     │   │                            HTTP error (the run still answers 200)
     │   ├── ProviderError            the model/tool provider answered with an error
@@ -44,6 +46,14 @@ class MalformedJSON(RequestError):
     http_status = 400
 
 
+class NotFound(RequestError):
+    """Also what another user or tenant gets for a run that exists: ids are not secrets, and a
+    403 would confirm that the run exists."""
+
+    code = "not_found"
+    http_status = 404
+
+
 class BodyTooLarge(RequestError):
     code = "body_too_large"
     http_status = 413
@@ -61,6 +71,11 @@ class InvalidRequest(RequestError):
     @property
     def problems(self) -> list[dict[str, Any]]:
         return self.args[1]
+
+
+class IdempotencyKeyReused(RequestError):
+    code = "idempotency_key_reused"
+    http_status = 422
 
 
 class NodeError(SesameError):

@@ -9,6 +9,11 @@ in-flight nodes as coroutines for ~1–2 ms a hop.
 Each actor builds its own node kinds from the settings and the registry factory it is handed, so
 `graph/` never imports `nodes/`. Ray has no per-call timeout: the runner bounds every call with
 `asyncio.wait_for` and `ray.cancel`s what it stops waiting for, including on cancellation.
+
+A node whose tokens are wanted runs through `NodeWorker.run_streaming`, a Ray streaming
+generator: text arrives in chunks gathered for up to `_TOKEN_FLUSH_S` (each chunk is an object
+in Ray's store, ~0.7 ms), then the `NodeResult`. A streamed call costs ~2 ms against ~1 ms for
+a plain one (measured), so runs nobody watches use the plain call.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayActorError, RayError
@@ -27,12 +34,21 @@ from ray.exceptions import RayActorError, RayError
 from graph.kinds import RegistryFactory, RunContext
 from graph.schema import ActionRequired, ErrorInfo, NodeResult, NodeSpec, Placement
 from graph.settings import Settings
-from graph.worker import NodeTask, execute_task, preflight_node
+from graph.worker import NodeTask, TokenCallback, execute_task, preflight_node
 
 log = logging.getLogger(__name__)
 
 # Time on top of the node timeout for the actor itself to answer (queueing, serialization).
 _GRACE_S = 5.0
+# How long a worker gathers tokens before sending them on as one chunk.
+_TOKEN_FLUSH_S = 0.03
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """Text generated since the last chunk, as `(attempt, text)` pieces in order."""
+
+    pieces: tuple[tuple[int, str], ...]
 
 
 class NodeWorker:
@@ -57,6 +73,33 @@ class NodeWorker:
     async def run(self, task: NodeTask) -> NodeResult:
         self._use_own_threads()
         return await execute_task(self._registry, self._settings, task, self._placement)
+
+    async def run_streaming(self, task: NodeTask) -> AsyncIterator[TokenChunk | NodeResult]:
+        """Yields `TokenChunk`s while the node runs, then its `NodeResult`."""
+        self._use_own_threads()
+        pieces: list[tuple[int, str]] = []
+        arrived = asyncio.Event()
+
+        def on_token(text: str, attempt: int) -> None:
+            pieces.append((attempt, text))
+            arrived.set()
+
+        job = asyncio.ensure_future(execute_task(self._registry, self._settings, task,
+                                                 self._placement, on_token))
+        try:
+            while not job.done():
+                waiter = asyncio.ensure_future(arrived.wait())
+                await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if not job.done():
+                    await asyncio.wait({job}, timeout=_TOKEN_FLUSH_S)  # gather a few more
+                if pieces:
+                    yield TokenChunk(tuple(pieces))
+                    pieces.clear()
+                arrived.clear()
+            yield job.result()
+        finally:
+            job.cancel()
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
         self._use_own_threads()
@@ -93,11 +136,13 @@ class RayRunner:
                                    message=f"checking node {spec.id!r} did not complete "
                                            f"({type(exc).__name__}); try again")]
 
-    async def run(self, task: NodeTask) -> NodeResult:
+    async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
         started = time.time()
-        ref = self._next_worker().run.remote(task)
+        timeout_s = self._settings.node_timeout_s + _GRACE_S
         try:
-            return await self._bounded(ref, self._settings.node_timeout_s + _GRACE_S)
+            if on_token is None:
+                return await self._bounded(self._next_worker().run.remote(task), timeout_s)
+            return await self._streamed(task, on_token, timeout_s)
         except TimeoutError:
             error = ErrorInfo(code="node_timeout", retryable=True,
                               message=f"node {task.spec.id!r} got no answer from its worker within "
@@ -114,6 +159,21 @@ class RayRunner:
         return NodeResult(id=spec.id, name=spec.name, type=spec.type, status="failed", error=error,
                           started_at=started, finished_at=finished, attempts=1,
                           duration_ms=round((finished - started) * 1000, 3))
+
+    async def _streamed(self, task: NodeTask, on_token: TokenCallback, timeout_s: float) -> NodeResult:
+        chunks = self._next_worker().run_streaming.options(num_returns="streaming").remote(task)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for ref in chunks:
+                    item = await ref
+                    if isinstance(item, NodeResult):
+                        return item
+                    for attempt, text in item.pieces:
+                        on_token(text, attempt)
+        except BaseException:
+            ray.cancel(chunks)
+            raise
+        raise RayError(f"the worker streaming node {task.spec.id!r} ended without a result")
 
     @staticmethod
     async def _bounded(ref: ray.ObjectRef, timeout_s: float):  # noqa: ANN205

@@ -8,21 +8,55 @@ routed to it (none → `skipped`, which does not fail the run).
 The scheduler renders each node's inputs here, in the caller's event loop, and hands a ready
 `NodeTask` to a `NodeRunner`: where the work actually runs (Ray actors, or this process) is the
 runner's business. If the run is cancelled, every node still in flight is cancelled with it.
+Progress (a node started, a token, a node finished) goes to a `RunObserver` as it happens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from graph.kinds import RunContext
-from graph.schema import LLMNodeSpec, NodeId, NodeResult, ToolCall, ToolNodeSpec
+from graph.kinds import RunContext, Turn
+from graph.schema import ErrorInfo, LLMNodeSpec, NodeId, NodeResult, ToolCall, ToolNodeSpec
 from graph.templates import referenced_nodes, render, render_value, strings_in
 from graph.worker import NodeRunner, NodeTask
 from graph.workflow import Workflow
 
 NO_TOOL_CALL = "no_tool_call"
+
+
+class RunObserver(Protocol):
+    """Hears a run's progress. Called from the scheduler's event loop; must not block."""
+
+    def node_started(self, node_id: NodeId) -> None: ...
+
+    def token(self, node_id: NodeId, text: str, attempt: int) -> None: ...
+
+    def node_finished(self, result: NodeResult) -> None: ...
+
+
+class SilentObserver:
+    def node_started(self, node_id: NodeId) -> None:
+        pass
+
+    def token(self, node_id: NodeId, text: str, attempt: int) -> None:
+        pass
+
+    def node_finished(self, result: NodeResult) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: `history` is the conversation's earlier turns, given to the LLM nodes that
+    read memory; `stream_tokens` streams model output to the observer as it is generated."""
+
+    history: tuple[Turn, ...] = ()
+    stream_tokens: bool = False
 
 
 def as_text(output: Any) -> str:
@@ -31,11 +65,15 @@ def as_text(output: Any) -> str:
 
 
 class Scheduler:
-    def __init__(self, workflow: Workflow, runner: NodeRunner, context: RunContext):
+    def __init__(self, workflow: Workflow, runner: NodeRunner, context: RunContext,
+                 observer: RunObserver | None = None, options: RunOptions = RunOptions()):
         self._workflow = workflow
         self._runner = runner
         self._context = context
+        self._observer = observer or SilentObserver()
+        self._options = options
         self._results: dict[NodeId, NodeResult] = {}
+        self._started_at: dict[NodeId, float] = {}
         self._waiting_on = {node_id: len(parents) for node_id, parents in workflow.parents.items()}
 
     async def run(self) -> dict[NodeId, NodeResult]:
@@ -49,7 +87,7 @@ class Scheduler:
                     if result is not None:
                         ready.extend(self._finish(result))
                         continue
-                    task = asyncio.ensure_future(self._runner.run(self._task_for(node_id)))
+                    task = asyncio.ensure_future(self._start(node_id))
                     in_flight[task] = node_id
                 ready = []
                 if not in_flight:
@@ -65,10 +103,29 @@ class Scheduler:
                 await asyncio.gather(*in_flight, return_exceptions=True)
         return {node_id: self._results[node_id] for node_id in self._workflow.order}
 
-    @property
-    def results(self) -> dict[NodeId, NodeResult]:
-        """Results so far (for a cancelled run: what had finished)."""
-        return dict(self._results)
+    def stopped_results(self, error: ErrorInfo) -> dict[NodeId, NodeResult]:
+        """Every node's result for a run stopped before the end: what finished as it finished,
+        the rest `cancelled` with `error` (nodes that were running keep when they started)."""
+        now = time.time()
+        results = {}
+        for node_id, spec in self._workflow.nodes.items():
+            result = self._results.get(node_id)
+            if result is None:
+                started = self._started_at.get(node_id)
+                result = NodeResult(
+                    id=node_id, name=spec.name, type=spec.type, status="cancelled", error=error,
+                    started_at=started, finished_at=now if started else None,
+                    duration_ms=round((now - started) * 1000, 3) if started else None)
+            results[node_id] = result
+        return results
+
+    async def _start(self, node_id: NodeId) -> NodeResult:
+        task = self._task_for(node_id)
+        self._started_at[node_id] = time.time()
+        self._observer.node_started(node_id)
+        if self._options.stream_tokens and isinstance(task.spec, LLMNodeSpec):
+            return await self._runner.run(task, on_token=functools.partial(self._observer.token, node_id))
+        return await self._runner.run(task)
 
     def _settle_without_running(self, node_id: NodeId) -> NodeResult | None:
         spec = self._workflow.nodes[node_id]
@@ -80,6 +137,7 @@ class Scheduler:
     def _finish(self, result: NodeResult) -> list[NodeId]:
         """Record `result`; return the children that became ready."""
         self._results[result.id] = result
+        self._observer.node_finished(result)
         if result.status != "succeeded":
             self._skip_below(result.id, f'upstream node "{result.id}" {result.status}')
             return []
@@ -96,6 +154,7 @@ class Scheduler:
             child = stack.pop()
             if child not in self._results:
                 self._results[child] = _skipped(self._workflow, child, reason)
+                self._observer.node_finished(self._results[child])
                 stack.extend(self._workflow.nodes[child].children)
 
     def _routed_calls(self, node_id: NodeId) -> list[ToolCall]:
@@ -116,8 +175,10 @@ class Scheduler:
             template = spec.prompt_template if spec.prompt_template is not None else "{input}"
             outputs = self._outputs_for(template, spec.system_prompt or "")
             system = render(spec.system_prompt, variables, outputs) if spec.system_prompt else None
+            history = self._options.history if self._workflow.reads_memory(node_id) else ()
             return NodeTask(spec=spec, context=self._context, prompt=render(template, variables, outputs),
-                            system_prompt=system, tools=tuple(self._workflow.tool_children(node_id)))
+                            system_prompt=system, tools=tuple(self._workflow.tool_children(node_id)),
+                            history=history)
         if self._workflow.llm_parents(node_id):
             return NodeTask(spec=spec, context=self._context, calls=tuple(self._routed_calls(node_id)))
         outputs = self._outputs_for(*strings_in(spec.arguments or {}))

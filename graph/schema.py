@@ -81,8 +81,13 @@ class RunRequest(BaseModel):
 
 # ---- response -------------------------------------------------------------------------------
 
-RunStatus = Literal["succeeded", "failed", "partial", "action_required", "cancelled"]
-NodeStatus = Literal["succeeded", "failed", "skipped", "cancelled", "action_required"]
+# A run is `queued` (waiting for its conversation) or `running` until it ends in one of the
+# terminal statuses; `interrupted` means the process running it stopped first.
+RunStatus = Literal["queued", "running", "succeeded", "failed", "partial", "action_required",
+                    "cancelled", "interrupted"]
+TERMINAL_RUN_STATUSES = ("succeeded", "failed", "partial", "action_required", "cancelled", "interrupted")
+NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled",
+                     "action_required"]
 
 
 class Usage(BaseModel):
@@ -156,6 +161,33 @@ class RunResponse(BaseModel):
     action_required: list[ActionRequired] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     duration_ms: float
+    error: ErrorInfo | None = None  # why the run as a whole stopped (cancelled, interrupted, ...)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_RUN_STATUSES
+
+
+class RunAccepted(BaseModel):
+    """202 answer of `POST /runs`: where to follow the run."""
+
+    run_id: str
+    status: RunStatus
+    urls: dict[str, str]
+
+
+class ConversationTurn(BaseModel):
+    seq: int
+    run_id: str
+    created_at: float
+    user_query: str
+    output: str
+
+
+class ConversationResponse(BaseModel):
+    user_id: str
+    conversation_id: str
+    turns: list[ConversationTurn]
 
 
 class ErrorBody(BaseModel):

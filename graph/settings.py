@@ -47,4 +47,18 @@ class Settings(BaseSettings):
         description='Toolkit → pinned Composio toolkit version, e.g. {"gmail": "20250909_00"}; '
                     "unpinned toolkits use the latest schema and execute with its version.")
     worker_threads: int = Field(64, ge=1, description="Threads per worker actor for blocking SDK calls.")
+
+    database_url: str = Field(
+        "sqlite:///sesame.db",
+        description="Where runs and conversations are stored: sqlite:///path (relative to the "
+                    "server's working directory) or postgresql://user:pass@host/db.")
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often a Sesame process tells the store it is alive; its runs "
+                               "become `interrupted` after three missed heartbeats.")
+    conversation_wait_s: float = Field(
+        300.0, ge=0, description="How long a run waits for another run of its conversation that "
+                                 "reads memory; after that it fails with conversation_busy.")
+    memory_max_turns: int = Field(20, ge=0, description="Earlier turns given to an LLM node (newest first).")
+    memory_max_chars: int = Field(20_000, ge=0, description="Characters of earlier turns given to an LLM node.")
+    sse_keepalive_s: float = Field(15.0, gt=0, description="Idle time after which an event stream sends a keep-alive.")
     composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")

@@ -10,14 +10,16 @@ Concurrency between nodes is the scheduler's business, not this module's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from graph.errors import NodeError, redact
-from graph.kinds import LLMRequest, NodeOutput, Registry, RunContext, ToolFunction, ToolRequest
+from graph.kinds import LLMRequest, NodeOutput, Registry, RunContext, ToolFunction, ToolRequest, Turn
 from graph.schema import (ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement,
                           ToolCall, ToolNodeSpec)
 from graph.settings import Settings
@@ -34,7 +36,13 @@ class NodeTask:
     prompt: str = ""                          # LLM: the rendered prompt (user message)
     system_prompt: str | None = None          # LLM: the rendered system prompt
     tools: tuple[ToolNodeSpec, ...] = ()      # LLM: tool children whose actions it is offered
+    history: tuple[Turn, ...] = ()            # LLM: earlier turns of the conversation (memory)
     calls: tuple[ToolCall, ...] = ()          # Tool: the calls to execute, in order
+
+
+# Called with each piece of generated text and the attempt (1, 2, ...) that produced it: a
+# retried model call streams again from the start.
+TokenCallback = Callable[[str, int], None]
 
 
 class NodeRunner(Protocol):
@@ -42,7 +50,7 @@ class NodeRunner(Protocol):
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]: ...
 
-    async def run(self, task: NodeTask) -> NodeResult: ...
+    async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult: ...
 
 
 async def preflight_node(registry: Registry, spec: NodeSpec,
@@ -57,7 +65,8 @@ async def preflight_node(registry: Registry, spec: NodeSpec,
 
 
 async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
-                       placement: Placement | None = None) -> NodeResult:
+                       placement: Placement | None = None,
+                       on_token: TokenCallback | None = None) -> NodeResult:
     spec = task.spec
     started = time.time()
     attempts = 0
@@ -68,7 +77,8 @@ async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
             while True:
                 attempts += 1
                 try:
-                    output = await _run_once(registry, task)
+                    tokens = functools.partial(on_token, attempt=attempts) if on_token else None
+                    output = await _run_once(registry, task, tokens)
                     break
                 except NodeError as exc:
                     if not _should_retry(exc, attempts, settings):
@@ -95,7 +105,8 @@ async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
         duration_ms=round((finished - started) * 1000, 3), placement=placement)
 
 
-async def _run_once(registry: Registry, task: NodeTask) -> NodeOutput:
+async def _run_once(registry: Registry, task: NodeTask,
+                    on_token: Callable[[str], None] | None) -> NodeOutput:
     spec = task.spec
     kind = registry.kind(spec.kind)
     if isinstance(spec, ToolNodeSpec):
@@ -104,7 +115,8 @@ async def _run_once(registry: Registry, task: NodeTask) -> NodeOutput:
                                      for tool in task.tools))
     functions = [f for per_tool in offered for f in per_tool]
     output = await kind.run(LLMRequest(spec=spec, context=task.context, system_prompt=task.system_prompt,
-                                       prompt=task.prompt, functions=functions))
+                                       prompt=task.prompt, functions=functions, history=task.history,
+                                       on_token=on_token))
     return _route_calls(output, functions)
 
 
@@ -142,5 +154,5 @@ class LocalRunner:
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
         return await preflight_node(self._registry, spec, context)
 
-    async def run(self, task: NodeTask) -> NodeResult:
-        return await execute_task(self._registry, self._settings, task)
+    async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
+        return await execute_task(self._registry, self._settings, task, on_token=on_token)

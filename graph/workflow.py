@@ -48,6 +48,19 @@ class Workflow:
                 stack.extend(self.parents[parent])
         return seen
 
+    def reads_memory(self, node_id: NodeId) -> bool:
+        """Whether an LLM node gets the conversation's earlier turns: `parameters.memory` when
+        given, else only root LLM nodes do (DESIGN §3)."""
+        spec = self.nodes[node_id]
+        if not isinstance(spec, LLMNodeSpec):
+            return False
+        memory = spec.parameters.get("memory")
+        return memory if isinstance(memory, bool) else not self.parents[node_id]
+
+    @cached_property
+    def uses_memory(self) -> bool:
+        return any(self.reads_memory(node_id) for node_id in self.nodes)
+
     def tool_children(self, node_id: NodeId) -> list[ToolNodeSpec]:
         return [child for c in self.nodes[node_id].children
                 if isinstance(child := self.nodes[c], ToolNodeSpec)]

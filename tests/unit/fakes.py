@@ -1,7 +1,8 @@
 """Fake node kinds at the protocol of `graph.kinds` — for unit tests of the engine without Ray
 or network. A node's behaviour is scripted in its `parameters["fake"]`:
 
-    {"delay": 0.05, "fail": "code", "retryable": true, "calls": [{"action": "SEND", "arguments": {}}]}
+    {"delay": 0.05, "fail": "code", "retryable": true, "calls": [{"action": "SEND", "arguments": {}}],
+     "output": "text", "tokens": ["te", "xt"], "token_delay": 0.01}
 
 Every call is recorded in `FakeRegistry.log` as (event, node_id, monotonic time, payload).
 """
@@ -39,7 +40,12 @@ class FakeLLM:
                                         script.get("retryable", False))
             calls = [ToolCall(id=f"c{i}", action=c["action"], arguments=c.get("arguments", {}))
                      for i, c in enumerate(script.get("calls", []))]
-            return NodeOutput(output=script.get("output", f"{request.spec.id}({request.prompt})"),
+            output = script.get("output", f"{request.spec.id}({request.prompt})")
+            if request.on_token is not None:
+                for piece in script.get("tokens", [output]):
+                    request.on_token(piece)
+                    await asyncio.sleep(script.get("token_delay", 0))
+            return NodeOutput(output=output,
                               tool_calls=calls, usage=Usage(prompt_tokens=1, completion_tokens=2,
                                                              total_tokens=3))
         finally:

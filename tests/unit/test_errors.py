@@ -11,6 +11,8 @@ CASES = [
     errors.RequestError("bad"),
     errors.MalformedJSON("not json"),
     errors.BodyTooLarge("too big"),
+    errors.NotFound("no run"),
+    errors.IdempotencyKeyReused("other body"),
     errors.InvalidRequest("1 problem", [{"node_id": "1", "field": "id", "message": "m"}]),
     errors.NodeError("n", "code", True, True, 2.5),
     errors.ProviderError("p", "provider_error", True),
