@@ -1,8 +1,8 @@
 """Sesame's HTTP face on Ray Serve: routes only, thin.
 
-Maps HTTP to the engine (`graph.engine.run_workflow`) and errors to status codes in the one
-error shape of DESIGN §4. It must not hold engine logic: parsing and validation are
-`graph.validation`, running is `graph.engine` on a `graph.runtime.RayRunner`.
+Maps HTTP to the engine and errors to status codes in the one error shape of DESIGN §4. It must
+not hold engine logic: parsing and validation are `graph.validation`, runs are
+`graph.runs.RunService` (store, events, memory) over `graph.runtime.RayRunner`.
 
     serve run serve_app:app                      # on a running Ray / started by Serve
     python serve_app.py                          # local Ray + Serve on SESAME_HOST:SESAME_PORT
@@ -10,53 +10,60 @@ error shape of DESIGN §4. It must not hold engine logic: parsing and validation
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the routes
 # (with string annotations, `request: Request` inside the Serve class became a query field).
+import asyncio
 import functools
+import hashlib
+import json
 import logging
+import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from graph.engine import run_workflow
+from graph import logs
 from graph.errors import BodyTooLarge, InvalidRequest, SesameError
+from graph.runs import RunService
 from graph.runtime import RayRunner
-from graph.schema import ErrorResponse, RunRequest, RunResponse
+from graph.schema import (ConversationResponse, ErrorResponse, RunAccepted, RunRequest,
+                          RunResponse)
 from graph.settings import Settings
+from graph.store import SqlStore, describe_url
 from graph.validation import parse_body, validate_request
+from graph.workflow import Workflow
 from nodes.registry import build_registry
 
 log = logging.getLogger("sesame.http")
+TENANT = "default"  # one tenant until endpoint API keys map callers to tenants
 
 api = FastAPI(title="Sesame", version="0.1.0",
               description="Runs graphs of LLM and tool nodes on Ray. See README.md.")
 
 
+def _request_id(request: Request) -> str:
+    # Serve's proxy puts one on every request (the caller's X-Request-ID, or a new one) and
+    # echoes it in the response headers.
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
 def _error(request: Request, status: int, code: str, message: str,
-           details: dict[str, Any] | None = None) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+           details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}},
-            "request_id": request_id}
-    return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id})
-
-
-@api.middleware("http")
-async def _request_id(request: Request, call_next):  # noqa: ANN001, ANN202
-    request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    response = await call_next(request)
-    response.headers["X-Request-ID"] = request.state.request_id
-    return response
+            "request_id": _request_id(request)}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @api.exception_handler(SesameError)
 async def _sesame_error(request: Request, exc: SesameError) -> JSONResponse:
     details = {"problems": exc.problems} if isinstance(exc, InvalidRequest) else {}
     if exc.http_status >= 500:
-        log.error("internal error: %s", exc.message, extra={"request_id": request.state.request_id})
+        log.error("internal error: %s", exc.message, extra={"request_id": _request_id(request)})
     return _error(request, exc.http_status, exc.code, exc.message, details)
 
 
@@ -68,14 +75,16 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(request, 422, "invalid_request", "the request is invalid",
-                  {"problems": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
-                                for e in exc.errors()]})
+    problems = [{"node_id": None, "field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                for e in exc.errors()]
+    first = problems[0]
+    return _error(request, 422, "invalid_request", f"{first['field']}: {first['message']}",
+                  {"problems": problems})
 
 
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+    log.exception("unhandled error", extra={"request_id": _request_id(request)})
     return _error(request, 500, "internal_error", "an internal error occurred; it is logged with "
                   "this request_id")
 
@@ -92,9 +101,47 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422)}
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 256 or not value.isascii() or not value.isprintable():
+        raise InvalidRequest("the Idempotency-Key header is invalid", [{
+            "node_id": None, "field": "Idempotency-Key",
+            "message": "Idempotency-Key must be 1 to 256 printable ASCII characters"}])
+    return value
+
+
+def _body_hash(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _last_event_id(header: str | None, after: int | None) -> int:
+    if header is None:
+        return after or 0
+    if not header.strip().isdigit():
+        raise InvalidRequest("the Last-Event-ID header is invalid", [{
+            "node_id": None, "field": "Last-Event-ID",
+            "message": f"Last-Event-ID must be the id of an event (a whole number), got {header[:40]!r}"}])
+    return int(header)
+
+
+def _run_urls(run_id: str, user_id: str) -> dict[str, str]:
+    query = f"?user_id={_quoted(user_id)}"
+    return {"run": f"/runs/{run_id}{query}", "events": f"/runs/{run_id}/events{query}",
+            "cancel": f"/runs/{run_id}/cancel{query}"}
+
+
+def _quoted(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 422)}
 _RUN_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/RunRequest"}}}}}
+UserId = Annotated[str, Query(min_length=1, description="The user the run or conversation belongs to.")]
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -118,20 +165,106 @@ api.openapi = functools.partial(_openapi, api)  # type: ignore[method-assign]
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(api)
 class SesameIngress:
-    def __init__(self, settings_overrides: dict[str, Any] | None = None):
+    async def __init__(self, settings_overrides: dict[str, Any] | None = None):
+        logs.configure()
         self._settings = Settings(**(settings_overrides or {}))
         self._known_kinds = build_registry(self._settings).known()
         self._runner = RayRunner(self._settings, build_registry)
+        self._runs = RunService(self._settings, self._runner, SqlStore(self._settings.database_url))
+        await self._runs.start()
+        log.info("ingress ready; store %s", describe_url(self._settings.database_url))
+
+    async def __del__(self) -> None:
+        """Serve calls this on a graceful stop: runs in flight end `interrupted`, stored."""
+        await self._runs.close()
+
+    async def _workflow(self, request: Request) -> tuple[Workflow, Any]:
+        body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes))
+        return validate_request(body, self._known_kinds, hygiene), body
+
+    async def _start(self, request: Request, idempotency_key: str | None,
+                     stream_tokens: bool) -> tuple[Workflow, str, bool]:
+        workflow, body = await self._workflow(request)
+        key = _idempotency_key(idempotency_key)
+        run_id, started = await self._runs.start_run(
+            workflow, TENANT, stream_tokens=stream_tokens, idempotency_key=key,
+            request_hash=_body_hash(body) if key else None)
+        return workflow, run_id, started
 
     @api.post("/", response_model=RunResponse, responses=_ERRORS, openapi_extra=_RUN_BODY,
-              summary="Run a workflow and answer with every node's output")
-    async def run(self, request: Request) -> JSONResponse:
-        body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes))
-        workflow = validate_request(body, self._known_kinds, hygiene)
-        response = await run_workflow(workflow, self._runner)
-        log.info("run %s %s in %.1f ms", response.run_id, response.status, response.duration_ms,
-                 extra={"run_id": response.run_id, "request_id": request.state.request_id})
-        return JSONResponse(response.model_dump(mode="json"))
+              summary="Run a workflow and answer with every node's output (or stream its events)")
+    async def run(self, request: Request,
+                  idempotency_key: Annotated[str | None, Header()] = None) -> Any:
+        streaming = "text/event-stream" in request.headers.get("accept", "")
+        workflow, run_id, started = await self._start(request, idempotency_key, streaming)
+        replayed = {} if started else {"Idempotent-Replayed": "true"}
+        if streaming:
+            return self._event_stream(run_id, workflow.user_id, 0, cancel_on_disconnect=started,
+                                      headers=replayed)
+        try:
+            response = await self._runs.result(run_id)
+        except asyncio.CancelledError:  # the client went away: so does its run
+            if started:
+                self._runs.cancel_on_disconnect(run_id)
+            raise
+        log.info("run %s %s in %.1f ms", run_id, response.status, response.duration_ms,
+                 extra={"run_id": run_id, "request_id": _request_id(request)})
+        return JSONResponse(response.model_dump(mode="json"), headers=replayed)
+
+    @api.post("/runs", status_code=202, response_model=RunAccepted, responses=_ERRORS,
+              openapi_extra=_RUN_BODY, summary="Start a workflow in the background")
+    async def start_run(self, request: Request,
+                        idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+        workflow, run_id, started = await self._start(request, idempotency_key, True)
+        urls = _run_urls(run_id, workflow.user_id)
+        accepted = RunAccepted(run_id=run_id, status=(await self._runs.get(
+            run_id, TENANT, workflow.user_id)).status, urls=urls)
+        headers = {"Location": urls["run"], **({} if started else {"Idempotent-Replayed": "true"})}
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
+
+    @api.get("/runs/{run_id}", response_model=RunResponse, responses=_ERRORS,
+             summary="A run as it stands (the same shape as POST /)")
+    async def get_run(self, run_id: str, user_id: UserId) -> JSONResponse:
+        return JSONResponse((await self._runs.get(run_id, TENANT, user_id)).model_dump(mode="json"))
+
+    @api.get("/runs/{run_id}/events", responses=_ERRORS,
+             summary="The run's events as Server-Sent Events (resumable with Last-Event-ID)")
+    async def run_events(self, run_id: str, user_id: UserId,
+                         last_event_id: Annotated[str | None, Header()] = None,
+                         after: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+        after_seq = _last_event_id(last_event_id, after)
+        await self._runs.get(run_id, TENANT, user_id)  # a 404 before the stream starts
+        return self._event_stream(run_id, user_id, after_seq, cancel_on_disconnect=False)
+
+    @api.post("/runs/{run_id}/cancel", response_model=RunResponse, responses=_ERRORS,
+              summary="Cancel a run; answers with the run once it stopped")
+    async def cancel_run(self, run_id: str, user_id: UserId) -> JSONResponse:
+        return JSONResponse((await self._runs.cancel(run_id, TENANT, user_id)).model_dump(mode="json"))
+
+    @api.get("/conversations/{conversation_id}", response_model=ConversationResponse,
+             responses=_ERRORS, summary="The turns of a conversation, oldest first")
+    async def conversation(self, conversation_id: str, user_id: UserId) -> JSONResponse:
+        turns = await self._runs.conversation(TENANT, user_id, conversation_id)
+        return JSONResponse(turns.model_dump(mode="json"))
+
+    def _event_stream(self, run_id: str, user_id: str, after_seq: int, *, cancel_on_disconnect: bool,
+                      headers: dict[str, str] | None = None) -> StreamingResponse:
+        async def stream() -> AsyncIterator[str]:
+            finished = False
+            try:
+                async for event in self._runs.events(run_id, TENANT, user_id, after_seq,
+                                                     self._settings.sse_keepalive_s):
+                    if event is None:
+                        yield ": keep-alive\n\n"
+                        continue
+                    finished = event.type == "run_finished"
+                    yield event.as_sse()
+            finally:
+                if cancel_on_disconnect and not finished:
+                    self._runs.cancel_on_disconnect(run_id)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
     @api.get("/healthz", summary="Liveness: the ingress and every node worker answer")
     async def healthz(self, request: Request) -> JSONResponse:
@@ -143,8 +276,6 @@ class SesameIngress:
                              "ray_nodes": len({p.ray_node_id for p in placements})})
 
 
-
-
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """`serve run serve_app:app_builder key=value ...` sets Settings fields for this app."""
     return SesameIngress.bind(dict(args))
@@ -154,13 +285,41 @@ app = SesameIngress.bind()
 
 
 def main() -> None:
+    """`scripts/serve`: a local Ray (or the cluster at SESAME_RAY_ADDRESS), Serve, this app."""
+    import os
+    import socket
+    import sys
+    from pathlib import Path
+
     import ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings()
+    with socket.socket() as probe:  # Serve's proxy would share a busy port silently
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError:
+            sys.exit(f"sesame: {settings.host}:{settings.port} is in use (another Sesame?): stop "
+                     "it, or set SESAME_PORT to another port")
+    if "SESAME_DATABASE_URL" not in os.environ and settings.database_url.startswith("sqlite:///"):
+        # Replicas may run in another directory: pin the default file to this one.
+        path = Path(settings.database_url.removeprefix("sqlite:///")).resolve()
+        os.environ["SESAME_DATABASE_URL"] = f"sqlite:///{path}"
+    logging.getLogger("ray.serve").addFilter(
+        lambda record: "Connecting to existing Serve app" not in record.getMessage())
     ray.init(address=settings.ray_address, include_dashboard=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(app, blocking=True)
+    serve.run(app, blocking=False)
+    log.info("Sesame is ready at http://%s:%s/ (store %s); Ctrl-C stops it", settings.host,
+             settings.port, describe_url(os.environ.get("SESAME_DATABASE_URL", settings.database_url)))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping: runs in flight are marked interrupted")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 if __name__ == "__main__":
