@@ -152,11 +152,11 @@ class _Handler(BaseHTTPRequestHandler):
             if status == 200 and body.get("stream"):
                 self._stream(reply, body, directive, record)
             else:
+                record.finished_at = time.time()  # before the reply leaves: a child call starts after
                 self._send(status, reply, headers)
         finally:
             with state.lock:
                 state.in_flight -= 1
-            record.finished_at = time.time()
 
     def _send(self, status: int, reply: dict[str, Any], headers: dict[str, str]) -> None:
         data = json.dumps(reply).encode()
@@ -180,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         delay = float(directive.get("chunk_delay_ms", 0)) / 1000
         for index, chunk in enumerate(_chunks(reply, include_usage)):
             if index == directive.get("drop_after"):
+                record.finished_at = time.time()
                 self.close_connection = True
                 self.wfile.write(b"5\r\ndata:")  # a torn chunk, then the connection closes
                 return
@@ -192,6 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             record.chunks.append(chunk)
             record.chunk_times.append(time.time())
             self._event(chunk)
+        record.finished_at = time.time()
         self._write(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
