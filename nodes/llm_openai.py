@@ -1,9 +1,14 @@
 """The OpenAI (and OpenAI-compatible) chat node.
 
-Sends one chat completion through the real `openai` SDK: system prompt + rendered prompt, the
-tool children's actions as functions, and the node's `parameters` passed through as given (so new
-provider options work and `0.0` stays `0.0`) — minus `memory`, which is Sesame's. The key is
+Sends one chat completion through the real `openai` SDK: system prompt + the conversation's
+earlier turns (alternating user/assistant messages) + rendered prompt, the tool children's
+actions as functions, and the node's `parameters` passed through as given (so new provider
+options work and `0.0` stays `0.0`) — minus `memory`, which is Sesame's. The key is
 `api_key_value` when given, else the worker's environment variable named by `api_key_name`.
+
+Without `on_token` it makes one plain call (the fast path). With `on_token` it streams
+(`stream=True`, usage requested in the last chunk), hands each piece of text to `on_token` as it
+arrives, assembles the tool calls from their deltas, and returns the same `NodeOutput`.
 
 It must not retry (the worker owns retries: the SDK's own are off), log prompts or keys, or
 let an SDK exception escape: they become `graph.errors` types here, with secrets redacted.
@@ -14,12 +19,14 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 
 from graph.errors import NodeTimeout, ProviderError, redact
-from graph.kinds import LLMRequest, NodeOutput, RunContext
+from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
 from nodes.provider_http import retry_after_s, retryable_status
@@ -48,24 +55,33 @@ class OpenAIChatKind:
         key = self._api_key(spec)
         if not key:
             raise ProviderError(f'node "{spec.id}" has no API key', "missing_api_key", False)
-        messages: list[dict[str, Any]] = []
-        if request.system_prompt:
-            messages.append({"role": "system", "content": request.system_prompt})
-        messages.append({"role": "user", "content": request.prompt})
         tools = [{"type": "function", "function": {"name": f.name, "description": f.description,
                                                     "parameters": f.parameters}}
                  for f in request.functions]
         extra = {k: v for k, v in spec.parameters.items() if k not in SESAME_PARAMETERS}
+        call = {"model": spec.model_name, "tools": tools or openai.omit, "extra_body": extra or None,
+                "messages": messages(request.system_prompt, request.history, request.prompt),
+                "timeout": self._settings.llm_timeout_s}
+        client = await self._client(key)
+        streamed = _Streamed()
         try:
-            response = await (await self._client(key)).chat.completions.create(
-                model=spec.model_name, messages=messages, tools=tools or openai.omit,
-                extra_body=extra or None, timeout=self._settings.llm_timeout_s)
+            if request.on_token is not None:
+                await _stream(client, call, request.on_token, streamed)
+                if not streamed.finished:
+                    raise ProviderError(f'node "{spec.id}" ({spec.model_name}): the stream ended before '
+                                        "the model finished", "provider_disconnected", True)
+                return NodeOutput(output="".join(streamed.text), usage=_usage(streamed.usage),
+                                  tool_calls=_tool_calls(streamed.calls(), spec))
+            response = await client.chat.completions.create(**call)
         except openai.APIError as exc:
-            raise _converted(exc, spec, key) from None
+            raise _converted(exc, spec, key, streamed.started) from None
         if not response.choices:
             raise ProviderError(f'node "{spec.id}": the model returned no choices', "empty_response", True)
         message = response.choices[0].message
-        return NodeOutput(output=message.content or "", tool_calls=_tool_calls(message, spec),
+        pieces = [_Call(id=c.id, type=c.type, name=c.function.name if c.type == "function" else "",
+                        arguments=c.function.arguments if c.type == "function" else "")
+                  for c in message.tool_calls or []]  # "custom" tool calls have no .function
+        return NodeOutput(output=message.content or "", tool_calls=_tool_calls(pieces, spec),
                           usage=_usage(response.usage))
 
     def _api_key(self, spec: LLMNodeSpec) -> str | None:
@@ -85,21 +101,91 @@ class OpenAIChatKind:
         return client
 
 
-def _tool_calls(message: Any, spec: LLMNodeSpec) -> list[ToolCall]:
-    calls = []
-    for call in message.tool_calls or []:
-        if call.type != "function":  # "custom" tool calls have no .function
+def messages(system_prompt: str | None, history: tuple[Turn, ...], prompt: str) -> list[dict[str, Any]]:
+    """System prompt, then the earlier turns oldest first, then the rendered prompt."""
+    result: list[dict[str, Any]] = []
+    if system_prompt:
+        result.append({"role": "system", "content": system_prompt})
+    for turn in history:
+        result.append({"role": "user", "content": turn.user})
+        result.append({"role": "assistant", "content": turn.assistant})
+    result.append({"role": "user", "content": prompt})
+    return result
+
+
+@dataclass
+class _Call:
+    """A tool call as the model emitted it (whole, or assembled from streamed deltas)."""
+
+    id: str | None
+    type: str | None
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class _Streamed:
+    """What a stream delivered so far: text pieces, tool calls by index, usage, and whether the
+    model said it finished (a stream that ends without a finish reason was cut short)."""
+
+    started: bool = False
+    finished: bool = False
+    usage: Any = None
+    text: list[str] = field(default_factory=list)
+    by_index: dict[int, _Call] = field(default_factory=dict)
+
+    def calls(self) -> list[_Call]:
+        return [self.by_index[index] for index in sorted(self.by_index)]
+
+
+async def _stream(client: openai.AsyncOpenAI, call: dict[str, Any], on_token: Callable[[str], None],
+                  streamed: _Streamed) -> None:
+    stream = await client.chat.completions.create(**call, stream=True,
+                                                  stream_options={"include_usage": True})
+    async with stream:
+        async for chunk in stream:
+            streamed.started = True
+            if chunk.usage is not None:
+                streamed.usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.index != 0:  # n > 1: the node's answer is the first choice, as unstreamed
+                    continue
+                streamed.finished = streamed.finished or choice.finish_reason is not None
+                delta = choice.delta
+                if delta.content:
+                    streamed.text.append(delta.content)
+                    on_token(delta.content)
+                for piece in delta.tool_calls or []:
+                    _add_piece(streamed.by_index, piece)
+
+
+def _add_piece(calls: dict[int, _Call], piece: Any) -> None:
+    """Tool calls arrive in pieces keyed by `index`: the first has the id, type and name, the
+    rest carry slices of the arguments string (as OpenAI's own accumulator, names concatenate)."""
+    call = calls.setdefault(piece.index, _Call(id=None, type=None))
+    call.id = call.id or piece.id
+    call.type = call.type or piece.type
+    function = getattr(piece, "function", None)
+    if function is not None:
+        call.name += function.name or ""
+        call.arguments += function.arguments or ""
+
+
+def _tool_calls(calls: list[_Call], spec: LLMNodeSpec) -> list[ToolCall]:
+    result = []
+    for index, call in enumerate(calls):
+        if call.type not in ("function", None) or not call.name:  # e.g. "custom": not ours to run
             continue
         try:
-            arguments = json.loads(call.function.arguments or "{}")
+            arguments = json.loads(call.arguments or "{}")
         except json.JSONDecodeError:
-            raise ProviderError(f'node "{spec.id}": the model called {call.function.name} with '
+            raise ProviderError(f'node "{spec.id}": the model called {call.name} with '
                                 "arguments that are not JSON", "invalid_tool_arguments", False) from None
         if not isinstance(arguments, dict):
-            raise ProviderError(f'node "{spec.id}": the model called {call.function.name} with '
+            raise ProviderError(f'node "{spec.id}": the model called {call.name} with '
                                 "arguments that are not a JSON object", "invalid_tool_arguments", False)
-        calls.append(ToolCall(id=call.id, action=call.function.name, arguments=arguments))
-    return calls
+        result.append(ToolCall(id=call.id or f"call_{index}", action=call.name, arguments=arguments))
+    return result
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -109,11 +195,14 @@ def _usage(usage: Any) -> Usage | None:
                  total_tokens=usage.total_tokens or 0)
 
 
-def _converted(exc: openai.APIError, spec: LLMNodeSpec, key: str) -> ProviderError | NodeTimeout:
+def _converted(exc: openai.APIError, spec: LLMNodeSpec, key: str,
+               mid_stream: bool = False) -> ProviderError | NodeTimeout:
     where = f'node "{spec.id}" ({spec.model_name})'
     if isinstance(exc, openai.APITimeoutError):  # subclasses APIConnectionError: check it first
         return NodeTimeout(f"{where}: the model call timed out", "provider_timeout", True)
     if isinstance(exc, openai.APIConnectionError):
+        if mid_stream:
+            return ProviderError(f"{where}: the connection dropped mid-stream", "provider_disconnected", True)
         return ProviderError(f"{where}: could not reach the model server", "provider_unreachable", True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -122,4 +211,10 @@ def _converted(exc: openai.APIError, spec: LLMNodeSpec, key: str) -> ProviderErr
         code = {401: "provider_auth_failed", 403: "provider_forbidden", 404: "model_not_found",
                 429: "provider_rate_limited"}.get(status, "provider_error")
         return ProviderError(message, code, retryable, False, retry_after_s(exc.response.headers))
+    if mid_stream:  # an error event inside a 200 stream: the provider failed while generating
+        body = exc.body if isinstance(exc.body, dict) else {}
+        kind = f'{body.get("type") or ""} {body.get("code") or ""}'
+        retryable = any(word in kind for word in ("server", "overloaded", "rate_limit", "timeout"))
+        return ProviderError(redact(f"{where}: the stream failed: {exc.message}", [key]),
+                             "provider_stream_error", retryable)
     return ProviderError(redact(f"{where}: {exc.message}", [key]), "provider_error", False)

@@ -8,10 +8,22 @@ it in its `parameters` (Sesame passes parameters through to the provider):
               "content": "hello",           # reply text (default: "echo: <last user message>")
               "tool_calls": [{"name": "GMAIL_SEND_EMAIL", "arguments": {...}}] | "none",
               "status": 400, "message": "...", "retry_after": 2,   # answer with an error
-              "fail_first": 2, "key": "k"}} # fail the first 2 calls with this key, then succeed
+              "fail_first": 2, "key": "k",  # fail the first 2 calls with this key, then succeed
+              # only for `"stream": true` requests:
+              "chunk_delay_ms": 50,         # sleep before each chunk (tokens arrive over time)
+              "error_after": 3,             # after 3 chunks send an error event instead of the rest
+              "drop_after": 3}}             # after 3 chunks close the connection mid-body
 
+A tool call may be `{"type": "custom", "name": ..., "input": "..."}` (a non-function item).
 Without directives a call that offers tools gets one call of the first tool, its arguments made
 from the tool's JSON schema (an e-mail address found in the prompt for *email* fields).
+
+A `"stream": true` request is answered as OpenAI does, as server-sent events over a chunked body:
+`data: {chat.completion.chunk}` lines — the role, then the content word by word, then each tool
+call as a first delta with its id and name followed by its arguments in three pieces, then the
+finish reason — a usage chunk (empty `choices`) when `stream_options.include_usage`, and
+`data: [DONE]`. The record's `response` is the equivalent whole `chat.completion`, `chunks` the
+chunks sent and `chunk_times` when each was sent.
 Built on `http.server` with Nagle off and a deep backlog (FACTS.md: otherwise replies stall on
 delayed ACK and bursts are dropped).
 """
@@ -39,6 +51,8 @@ class Recorded:
     finished_at: float | None = None
     status: int | None = None
     response: dict[str, Any] | None = None
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    chunk_times: list[float] = field(default_factory=list)
 
     @property
     def user_message(self) -> str:
@@ -134,11 +148,15 @@ class _Handler(BaseHTTPRequestHandler):
                 status, reply, headers = 404, _error(f"no route {self.path}", "not_found"), {}
             else:
                 status, reply, headers = _answer(body, directive, record, state)
+            record.status, record.response = status, reply
+            if status == 200 and body.get("stream"):
+                self._stream(reply, body, directive, record)
+            else:
+                record.finished_at = time.time()  # before the reply leaves: a child call starts after
+                self._send(status, reply, headers)
         finally:
             with state.lock:
                 state.in_flight -= 1
-        record.status, record.response, record.finished_at = status, reply, time.time()
-        self._send(status, reply, headers)
 
     def _send(self, status: int, reply: dict[str, Any], headers: dict[str, str]) -> None:
         data = json.dumps(reply).encode()
@@ -149,6 +167,69 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _stream(self, reply: dict[str, Any], body: dict[str, Any], directive: dict[str, Any],
+                record: Recorded) -> None:
+        """Send `reply` as chat.completion.chunk events over a chunked body, one write each."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        delay = float(directive.get("chunk_delay_ms", 0)) / 1000
+        for index, chunk in enumerate(_chunks(reply, include_usage)):
+            if index == directive.get("drop_after"):
+                record.finished_at = time.time()
+                self.close_connection = True
+                self.wfile.write(b"5\r\ndata:")  # a torn chunk, then the connection closes
+                return
+            if index == directive.get("error_after"):
+                error = _error(directive.get("message", "stub stream error"), "server_error")
+                error["error"]["type"] = "server_error"
+                self._event(error)
+                break
+            time.sleep(delay)
+            record.chunks.append(chunk)
+            record.chunk_times.append(time.time())
+            self._event(chunk)
+        record.finished_at = time.time()
+        self._write(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _event(self, data: dict[str, Any]) -> None:
+        self._write(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+def _chunks(reply: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """The chat.completion.chunk sequence OpenAI streams for a whole `reply`."""
+    [choice] = reply["choices"]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+                "model": reply["model"], "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                      "finish_reason": finish_reason}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": word}) for word in re.findall(r"\S+\s*|\s+", message["content"] or "")]
+    for index, call in enumerate(message.get("tool_calls", [])):
+        if call["type"] != "function":
+            chunks.append(chunk({"tool_calls": [{"index": index, **call}]}))
+            continue
+        arguments = call["function"]["arguments"]
+        chunks.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                              "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+        third = -(-len(arguments) // 3) or 1
+        chunks += [chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i:i + third]}}]})
+                   for i in range(0, len(arguments), third)]
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append({**chunk({}), "choices": [], "usage": reply["usage"]})
+    return chunks
 
 
 def _error(message: str, code: str) -> dict[str, Any]:
@@ -196,7 +277,10 @@ def _tool_calls(body: dict[str, Any], directive: dict[str, Any], prompt: str) ->
         function = tools[0]["function"]
         wanted = [{"name": function["name"],
                    "arguments": _arguments_for(function.get("parameters") or {}, prompt)}]
-    return [{"id": f"call_{index}", "type": "function",
+    return [{"id": f"call_{index}", "type": "custom",
+             "custom": {"name": call["name"], "input": call.get("input", "")}}
+            if call.get("type") == "custom" else
+            {"id": f"call_{index}", "type": "function",
              "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])
                           if not isinstance(call["arguments"], str) else call["arguments"]}}
             for index, call in enumerate(wanted)]
