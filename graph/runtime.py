@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from graph import logs
 from graph.kinds import RegistryFactory, RunContext
 from graph.schema import ActionRequired, ErrorInfo, NodeResult, NodeSpec, Placement
 from graph.settings import Settings
@@ -55,6 +56,7 @@ class NodeWorker:
     """The actor body (wrapped with `ray.remote` by `RayRunner`)."""
 
     def __init__(self, settings: Settings, registry_factory: RegistryFactory):
+        logs.configure()
         self._settings = settings
         self._registry = registry_factory(settings)
         self._threads: ThreadPoolExecutor | None = None
@@ -93,10 +95,11 @@ class NodeWorker:
                 waiter.cancel()
                 if not job.done():
                     await asyncio.wait({job}, timeout=_TOKEN_FLUSH_S)  # gather a few more
-                if pieces:
-                    yield TokenChunk(tuple(pieces))
-                    pieces.clear()
                 arrived.clear()
+                if pieces:
+                    chunk = TokenChunk(tuple(pieces))
+                    pieces.clear()  # before yielding: tokens may arrive while the chunk is sent
+                    yield chunk
             yield job.result()
         finally:
             job.cancel()

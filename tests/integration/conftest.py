@@ -7,6 +7,7 @@ Composio auth config), `/bare/` has no Composio key and no auth config, for the 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -16,7 +17,7 @@ import pytest
 from tests.stubs.composio_stub import ComposioStub
 from tests.stubs.openai_stub import OpenAIStub
 
-OPENAI_KEY = "test-openai-key-0001"
+OPENAI_KEY = "sk-env-canary-5d1f0e7b9a3c"  # also the canary of the secret test: it must never leak
 COMPOSIO_KEY = "test-composio-key"
 
 
@@ -41,7 +42,12 @@ def composio_stub():
 
 
 @pytest.fixture(scope="session")
-def sesame_url(openai_stub, composio_stub):
+def database_file(tmp_path_factory):
+    return tmp_path_factory.mktemp("store") / "sesame.db"
+
+
+@pytest.fixture(scope="session")
+def sesame_url(openai_stub, composio_stub, database_file):
     import ray
     from ray import serve
 
@@ -52,8 +58,11 @@ def sesame_url(openai_stub, composio_stub):
     port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_builder({"composio_auth_configs": {"gmail": "ac_gmail"}}), name="main", route_prefix="/")
-    serve.run(app_builder({"composio_api_key": None}), name="bare", route_prefix="/bare")
+    store = f"sqlite:///{database_file}"
+    serve.run(app_builder({"composio_auth_configs": {"gmail": "ac_gmail"}, "database_url": store,
+                           "heartbeat_s": 0.5}), name="main", route_prefix="/")
+    serve.run(app_builder({"composio_api_key": None, "database_url": store, "heartbeat_s": 0.5}),
+              name="bare", route_prefix="/bare")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -65,3 +74,23 @@ def client(sesame_url, openai_stub, composio_stub):
     composio_stub.reset()
     with httpx.Client(base_url=sesame_url, timeout=60) as http:
         yield http
+
+
+def sse_events(response: httpx.Response, limit: int | None = None) -> list[dict]:
+    """Parse a text/event-stream response into `{"id", "event", "data"}` dicts (keep-alive
+    comments skipped); stops after `limit` events, leaving the rest of the stream unread."""
+    events: list[dict] = []
+    current: dict = {}
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            continue
+        if not line:
+            if current:
+                events.append(current)
+                current = {}
+                if limit is not None and len(events) >= limit:
+                    break
+            continue
+        name, _, value = line.partition(": ")
+        current[name] = int(value) if name == "id" else json.loads(value) if name == "data" else value
+    return events
