@@ -1,6 +1,6 @@
 """Where Ray lives: a pool of async node-worker actors and the runner that sends nodes to them.
 
-Why actors and not one Ray task per node (measured, see docs/execution.md and FACTS.md): a plain
+Why actors and not one Ray task per node (measured, see docs/execution.md and docs/facts.md): a plain
 task reserves a CPU (20 parallel 0.5 s calls took 5 s on 2 CPUs), and with `num_cpus=0` every
 in-flight task needs its own ~100 MB worker process. LLM and tool calls are I/O-bound, so a few
 async actors (`num_cpus=0`, high `max_concurrency`), spread over the cluster, hold thousands of

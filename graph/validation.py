@@ -22,6 +22,7 @@ from graph.workflow import Workflow
 KindKey = tuple[str, str]
 RESERVED_PARAMETERS = ("model", "messages", "tools", "stream")
 RUN_FIELDS = ("user_query", "user_id", "conversation_id")
+MAX_ID_LENGTH = 256  # ids are stored as keys (graph.store_schema)
 
 
 class _Problems:
@@ -149,9 +150,21 @@ def _run_fields(body: dict[str, Any], problems: _Problems) -> dict[str, str] | N
             problems.add(None, name, f"{name} must be a string, got {_json_type(value)}")
         elif name != "user_query" and not value.strip():
             problems.add(None, name, f"{name} must not be empty")
+        elif name != "user_query" and (problem := identifier_problem(value)):
+            problems.add(None, name, f"{name} {problem}")
         else:
             values[name] = value
     return values if len(values) == len(RUN_FIELDS) else None
+
+
+def identifier_problem(value: str) -> str | None:
+    """What is wrong with an id (a user, conversation or node id), if anything: ids are keys in
+    the store and in URLs, so they are short and free of control characters."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return "contains a control character; send printable text"
+    return None
 
 
 def _node_specs(config: Any, known_kinds: set[KindKey],
@@ -169,6 +182,9 @@ def _node_specs(config: Any, known_kinds: set[KindKey],
 
     specs: dict[NodeId, NodeSpec] = {}
     for key, node in config.items():
+        if problem := identifier_problem(key):
+            problems.add(_shown(key)[:MAX_ID_LENGTH], "id", f"a node id {problem}")
+            continue
         spec = _node_spec(key, node, problems)
         if spec is None:
             continue

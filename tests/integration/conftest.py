@@ -1,7 +1,7 @@
 """One real local Ray + Serve for the whole session, real HTTP, real SDKs against loopback stubs.
 
 Environment variables are set before `ray.init` so the workers and replicas inherit them
-(FACTS.md). Two Serve apps share the cluster: `/` is configured like a real deployment (keys,
+(docs/facts.md). Two Serve apps share the cluster: `/` is configured like a real deployment (keys,
 Composio auth config), `/bare/` has no Composio key and no auth config, for the preflight cases.
 """
 

@@ -24,7 +24,7 @@ call as a first delta with its id and name followed by its arguments in three pi
 finish reason — a usage chunk (empty `choices`) when `stream_options.include_usage`, and
 `data: [DONE]`. The record's `response` is the equivalent whole `chat.completion`, `chunks` the
 chunks sent and `chunk_times` when each was sent.
-Built on `http.server` with Nagle off and a deep backlog (FACTS.md: otherwise replies stall on
+Built on `http.server` with Nagle off and a deep backlog (docs/facts.md: otherwise replies stall on
 delayed ACK and bursts are dropped).
 """
 

@@ -131,3 +131,12 @@ def test_nothing_but_markers_means_absent():
     value, hygiene = parse_body(json.dumps(request(node)).encode())
     spec = validate_request(value, KNOWN, hygiene).nodes["t"]
     assert spec.auth_params is None and spec.input_schema is None and spec.url is None
+
+
+def test_ids_are_short_printable_keys():
+    body = request(llm("ok")) | {"user_id": "u\x00ser", "conversation_id": "c" * 257}
+    body["agent_config"]["bad\nid"] = {**llm("bad\nid")}
+    problems = problems_of(body)
+    assert "control character" in find(problems, None, "user_id")
+    assert "257 characters long; at most 256" in find(problems, None, "conversation_id")
+    assert "control character" in find(problems, "bad\nid", "id")
