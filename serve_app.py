@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -287,8 +286,10 @@ app = SesameIngress.bind()
 def main() -> None:
     """`scripts/serve`: a local Ray (or the cluster at SESAME_RAY_ADDRESS), Serve, this app."""
     import os
+    import signal
     import socket
     import sys
+    import threading
     from pathlib import Path
 
     import ray
@@ -312,14 +313,13 @@ def main() -> None:
     serve.run(app, blocking=False)
     log.info("Sesame is ready at http://%s:%s/ (store %s); Ctrl-C stops it", settings.host,
              settings.port, describe_url(os.environ.get("SESAME_DATABASE_URL", settings.database_url)))
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        log.info("stopping: runs in flight are marked interrupted")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where
+        signal.signal(signum, lambda *_: stop.set())  # the shell hands SIGINT down as ignored
+    stop.wait()
+    log.info("stopping: runs in flight are marked interrupted")
+    serve.shutdown()
+    ray.shutdown()
 
 
 if __name__ == "__main__":
