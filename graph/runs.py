@@ -155,7 +155,8 @@ class RunService:
         """Wait for a run to end (local or not) and answer with it."""
         run = self._local.get(run_id)
         if run is not None and run.task is not None:
-            return await asyncio.shield(run.task)
+            await asyncio.wait({run.task})  # our caller's cancellation is not the run's
+            return run.recorder.snapshot() if run.task.cancelled() else run.task.result()
         while True:
             stored = await asyncio.to_thread(self._store.get_run, run_id)
             if stored is None:

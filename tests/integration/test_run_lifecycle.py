@@ -192,3 +192,23 @@ def test_bad_event_cursors_and_unknown_runs_are_clear_errors(client):
     assert bad.status_code == 422 and "Last-Event-ID" in bad.json()["error"]["message"]
     missing = client.get("/runs/run_doesnotexist", params={"user_id": USER})
     assert missing.status_code == 404 and "run_doesnotexist" in missing.json()["error"]["message"]
+
+
+def test_a_synchronous_run_cancelled_by_another_request_answers_cancelled(client, openai_stub, sesame_url):
+    import threading
+
+    import httpx
+
+    body = body_of(llm("slow", ["after"], latency_ms=3000), llm("after"))
+    key = f"sync-cancel-{uuid.uuid4().hex}"
+    answer = {}
+    waiting = threading.Thread(target=lambda: answer.update(response=httpx.post(
+        f"{sesame_url}/", json=body, headers={"Idempotency-Key": key}, timeout=30)))
+    waiting.start()
+    wait_for(lambda: len(openai_stub.requests) == 1)
+    run_id = client.post("/runs", json=body, headers={"Idempotency-Key": key}).json()["run_id"]
+    assert client.post(f"/runs/{run_id}/cancel", params={"user_id": USER}).json()["status"] == "cancelled"
+    waiting.join(10)
+    assert answer["response"].status_code == 200
+    assert answer["response"].json()["status"] == "cancelled"
+    assert answer["response"].json()["run_id"] == run_id
