@@ -27,6 +27,7 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from graph import logs
+from graph.auth import Authenticator, ConfigurationError
 from graph.errors import BodyTooLarge, InvalidRequest, SesameError
 from graph.runs import RunService
 from graph.runtime import RayRunner
@@ -39,7 +40,6 @@ from graph.workflow import Workflow
 from nodes.registry import build_registry
 
 log = logging.getLogger("sesame.http")
-TENANT = "default"  # one tenant until endpoint API keys map callers to tenants
 
 api = FastAPI(title="Sesame", version="0.1.0",
               description="Runs graphs of LLM and tool nodes on Ray. See README.md.")
@@ -63,7 +63,7 @@ async def _sesame_error(request: Request, exc: SesameError) -> JSONResponse:
     details = {"problems": exc.problems} if isinstance(exc, InvalidRequest) else {}
     if exc.http_status >= 500:
         log.error("internal error: %s", exc.message, extra={"request_id": _request_id(request)})
-    return _error(request, exc.http_status, exc.code, exc.message, details)
+    return _error(request, exc.http_status, exc.code, exc.message, details, exc.headers)
 
 
 @api.exception_handler(HTTPException)
@@ -167,6 +167,7 @@ class SesameIngress:
     async def __init__(self, settings_overrides: dict[str, Any] | None = None):
         logs.configure()
         self._settings = Settings(**(settings_overrides or {}))
+        self._auth = Authenticator(self._settings)  # refuses to serve an open non-loopback port
         self._known_kinds = build_registry(self._settings).known()
         self._runner = RayRunner(self._settings, build_registry)
         self._runs = RunService(self._settings, self._runner, SqlStore(self._settings.database_url))
@@ -181,24 +182,28 @@ class SesameIngress:
         body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes))
         return validate_request(body, self._known_kinds, hygiene), body
 
+    def _tenant(self, request: Request) -> str:
+        return self._auth.tenant(request.headers.get("authorization"))
+
     async def _start(self, request: Request, idempotency_key: str | None,
-                     stream_tokens: bool) -> tuple[Workflow, str, bool]:
+                     stream_tokens: bool) -> tuple[str, Workflow, str, bool]:
+        tenant = self._tenant(request)
         workflow, body = await self._workflow(request)
         key = _idempotency_key(idempotency_key)
         run_id, started = await self._runs.start_run(
-            workflow, TENANT, stream_tokens=stream_tokens, idempotency_key=key,
+            workflow, tenant, stream_tokens=stream_tokens, idempotency_key=key,
             request_hash=_body_hash(body) if key else None)
-        return workflow, run_id, started
+        return tenant, workflow, run_id, started
 
     @api.post("/", response_model=RunResponse, responses=_ERRORS, openapi_extra=_RUN_BODY,
               summary="Run a workflow and answer with every node's output (or stream its events)")
     async def run(self, request: Request,
                   idempotency_key: Annotated[str | None, Header()] = None) -> Any:
         streaming = "text/event-stream" in request.headers.get("accept", "")
-        workflow, run_id, started = await self._start(request, idempotency_key, streaming)
+        tenant, workflow, run_id, started = await self._start(request, idempotency_key, streaming)
         replayed = {} if started else {"Idempotent-Replayed": "true"}
         if streaming:
-            return self._event_stream(run_id, workflow.user_id, 0, cancel_on_disconnect=started,
+            return self._event_stream(tenant, run_id, workflow.user_id, 0, cancel_on_disconnect=started,
                                       headers=replayed)
         try:
             response = await self._runs.result(run_id)
@@ -214,44 +219,47 @@ class SesameIngress:
               openapi_extra=_RUN_BODY, summary="Start a workflow in the background")
     async def start_run(self, request: Request,
                         idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
-        workflow, run_id, started = await self._start(request, idempotency_key, True)
+        tenant, workflow, run_id, started = await self._start(request, idempotency_key, True)
         urls = _run_urls(run_id, workflow.user_id)
         accepted = RunAccepted(run_id=run_id, status=(await self._runs.get(
-            run_id, TENANT, workflow.user_id)).status, urls=urls)
+            run_id, tenant, workflow.user_id)).status, urls=urls)
         headers = {"Location": urls["run"], **({} if started else {"Idempotent-Replayed": "true"})}
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
     @api.get("/runs/{run_id}", response_model=RunResponse, responses=_ERRORS,
              summary="A run as it stands (the same shape as POST /)")
-    async def get_run(self, run_id: str, user_id: UserId) -> JSONResponse:
-        return JSONResponse((await self._runs.get(run_id, TENANT, user_id)).model_dump(mode="json"))
+    async def get_run(self, request: Request, run_id: str, user_id: UserId) -> JSONResponse:
+        run = await self._runs.get(run_id, self._tenant(request), user_id)
+        return JSONResponse(run.model_dump(mode="json"))
 
     @api.get("/runs/{run_id}/events", responses=_ERRORS,
              summary="The run's events as Server-Sent Events (resumable with Last-Event-ID)")
-    async def run_events(self, run_id: str, user_id: UserId,
+    async def run_events(self, request: Request, run_id: str, user_id: UserId,
                          last_event_id: Annotated[str | None, Header()] = None,
                          after: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+        tenant = self._tenant(request)
         after_seq = _last_event_id(last_event_id, after)
-        await self._runs.get(run_id, TENANT, user_id)  # a 404 before the stream starts
-        return self._event_stream(run_id, user_id, after_seq, cancel_on_disconnect=False)
+        await self._runs.get(run_id, tenant, user_id)  # a 404 before the stream starts
+        return self._event_stream(tenant, run_id, user_id, after_seq, cancel_on_disconnect=False)
 
     @api.post("/runs/{run_id}/cancel", response_model=RunResponse, responses=_ERRORS,
               summary="Cancel a run; answers with the run once it stopped")
-    async def cancel_run(self, run_id: str, user_id: UserId) -> JSONResponse:
-        return JSONResponse((await self._runs.cancel(run_id, TENANT, user_id)).model_dump(mode="json"))
+    async def cancel_run(self, request: Request, run_id: str, user_id: UserId) -> JSONResponse:
+        run = await self._runs.cancel(run_id, self._tenant(request), user_id)
+        return JSONResponse(run.model_dump(mode="json"))
 
     @api.get("/conversations/{conversation_id}", response_model=ConversationResponse,
              responses=_ERRORS, summary="The turns of a conversation, oldest first")
-    async def conversation(self, conversation_id: str, user_id: UserId) -> JSONResponse:
-        turns = await self._runs.conversation(TENANT, user_id, conversation_id)
+    async def conversation(self, request: Request, conversation_id: str, user_id: UserId) -> JSONResponse:
+        turns = await self._runs.conversation(self._tenant(request), user_id, conversation_id)
         return JSONResponse(turns.model_dump(mode="json"))
 
-    def _event_stream(self, run_id: str, user_id: str, after_seq: int, *, cancel_on_disconnect: bool,
-                      headers: dict[str, str] | None = None) -> StreamingResponse:
+    def _event_stream(self, tenant: str, run_id: str, user_id: str, after_seq: int, *,
+                      cancel_on_disconnect: bool, headers: dict[str, str] | None = None) -> StreamingResponse:
         async def stream() -> AsyncIterator[str]:
             finished = False
             try:
-                async for event in self._runs.events(run_id, TENANT, user_id, after_seq,
+                async for event in self._runs.events(run_id, tenant, user_id, after_seq,
                                                      self._settings.sse_keepalive_s):
                     if event is None:
                         yield ": keep-alive\n\n"
@@ -296,6 +304,10 @@ def main() -> None:
 
     logs.configure()
     settings = Settings()
+    try:
+        Authenticator(settings)
+    except ConfigurationError as exc:
+        sys.exit(f"sesame: {exc}")
     with socket.socket() as probe:  # Serve's proxy would share a busy port silently
         try:
             probe.bind((settings.host, settings.port))

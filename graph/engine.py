@@ -51,9 +51,10 @@ class Execution:
         nodes = await self._scheduler.run()
         return self._response(None, nodes)
 
-    def stopped(self, status: RunStatus, error: ErrorInfo) -> RunResponse:
+    def stopped(self, status: RunStatus | None, error: ErrorInfo) -> RunResponse:
         """The run as it stands when stopped from outside: finished nodes as they finished, the
-        rest `cancelled` with `error`."""
+        rest `cancelled` with `error`. Without a `status`, the sinks that finished decide it
+        (`partial` or `failed`)."""
         return self._response(status, self._scheduler.stopped_results(error), error)
 
     def _response(self, status: RunStatus | None, nodes: dict[NodeId, NodeResult],

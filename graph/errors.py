@@ -3,10 +3,13 @@
     SesameError                      base; `code` (snake_case) and `http_status`
     ├── RequestError                 the caller sent something we cannot accept (4xx)
     │   ├── MalformedJSON            400: the body is not JSON
+    │   ├── Unauthorized             401: no or an unknown endpoint API key
     │   ├── NotFound                 404: no such run or conversation *for this caller*
     │   ├── BodyTooLarge             413: the body is over `SESAME_MAX_BODY_BYTES`
     │   ├── InvalidRequest           422: the graph or a field is invalid; carries every problem
-    │   └── IdempotencyKeyReused     422: an Idempotency-Key sent again with a different body
+    │   ├── IdempotencyKeyReused     422: an Idempotency-Key sent again with a different body
+    │   └── TooManyRuns              429: this user has too many runs in flight (Retry-After)
+    ├── Overloaded                   503: this process has too many runs in flight (Retry-After)
     ├── NodeError                    a node failed while running; recorded on the node, never an
     │   │                            HTTP error (the run still answers 200)
     │   ├── ProviderError            the model/tool provider answered with an error
@@ -35,6 +38,20 @@ class SesameError(Exception):
     def message(self) -> str:
         return self.args[0]
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error's answer."""
+        return {}
+
+
+class _RetryLater(SesameError):
+    def __init__(self, message: str, retry_after_s: int = 1):
+        Exception.__init__(self, message, retry_after_s)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.args[1])}
+
 
 class RequestError(SesameError):
     code = "bad_request"
@@ -44,6 +61,15 @@ class RequestError(SesameError):
 class MalformedJSON(RequestError):
     code = "malformed_json"
     http_status = 400
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    http_status = 401
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="sesame"'}
 
 
 class NotFound(RequestError):
@@ -76,6 +102,16 @@ class InvalidRequest(RequestError):
 class IdempotencyKeyReused(RequestError):
     code = "idempotency_key_reused"
     http_status = 422
+
+
+class TooManyRuns(_RetryLater, RequestError):
+    code = "too_many_runs"
+    http_status = 429
+
+
+class Overloaded(_RetryLater):
+    code = "overloaded"
+    http_status = 503
 
 
 class NodeError(SesameError):

@@ -26,11 +26,12 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from graph.engine import Execution, new_run_id
-from graph.errors import IdempotencyKeyReused, NotFound
+from graph.errors import IdempotencyKeyReused, NotFound, Overloaded, TooManyRuns
 from graph.events import RunEvent
 from graph.kinds import Turn
 from graph.recorder import RunRecorder
@@ -83,6 +84,7 @@ class RunService:
         self._writer = BatchWriter(store)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local: dict[str, _LocalRun] = {}
+        self._per_user: Counter[tuple[str, str]] = Counter()  # runs in flight per (tenant, user)
         self._waiters = _Waiters()
         self._upkeep: asyncio.Task[None] | None = None
 
@@ -135,21 +137,40 @@ class RunService:
                         idempotency_key: str | None = None, request_hash: str | None = None) -> tuple[str, bool]:
         """Store the run and start it. Returns `(run_id, started)`; `started` is False when an
         idempotency key returned an earlier run with the same body."""
+        if idempotency_key is not None:
+            earlier = await asyncio.to_thread(self._store.find_idempotent, tenant, workflow.user_id,
+                                              idempotency_key)
+            if earlier is not None:
+                return self._replayed(idempotency_key, earlier, request_hash), False
+        self._check_capacity(tenant, workflow.user_id)
         run_id = new_run_id()
         recorder = RunRecorder(run_id, workflow, self._writer)
         clash = await recorder.create(tenant, self.owner, idempotency_key, request_hash)
-        if clash is not None:
-            earlier_run_id, earlier_hash = clash
-            if earlier_hash != request_hash:
-                raise IdempotencyKeyReused(
-                    f'Idempotency-Key "{idempotency_key}" was used for run {earlier_run_id} with a '
-                    "different body; send a new key for a new request")
-            return earlier_run_id, False
+        if clash is not None:  # the same key arrived twice at once
+            return self._replayed(idempotency_key, clash, request_hash), False
         run = _LocalRun(workflow, tenant, recorder)
         self._local[run_id] = run
+        self._per_user[tenant, workflow.user_id] += 1
         run.task = asyncio.get_running_loop().create_task(self._execute(run, stream_tokens),
                                                           name=f"run {run_id}")
         return run_id, True
+
+    def _replayed(self, key: str | None, earlier: tuple[str, str | None], request_hash: str | None) -> str:
+        earlier_run_id, earlier_hash = earlier
+        if earlier_hash != request_hash:
+            raise IdempotencyKeyReused(
+                f'Idempotency-Key "{key}" was used for run {earlier_run_id} with a different body; '
+                "send a new key for a new request")
+        return earlier_run_id
+
+    def _check_capacity(self, tenant: str, user_id: str) -> None:
+        """One user's batch must not starve everyone else; nor may the process run out of memory."""
+        if self._per_user[tenant, user_id] >= self._settings.max_runs_per_user:
+            raise TooManyRuns(f'user "{user_id}" has {self._settings.max_runs_per_user} runs in flight '
+                              "(SESAME_MAX_RUNS_PER_USER); retry when some have finished")
+        if len(self._local) >= self._settings.max_runs_in_flight:
+            raise Overloaded(f"this Sesame process has {self._settings.max_runs_in_flight} runs in "
+                             "flight (SESAME_MAX_RUNS_IN_FLIGHT); retry shortly")
 
     async def result(self, run_id: str) -> RunResponse:
         """Wait for a run to end (local or not) and answer with it."""
@@ -182,7 +203,15 @@ class RunService:
             recorder.started()
             execution = Execution(workflow, self._runner, recorder.run_id, recorder,
                                   RunOptions(history=history, stream_tokens=stream_tokens))
-            response = await execution.run()
+            deadline_s = min(workflow.deadline_s or self._settings.run_deadline_s, self._settings.run_deadline_s)
+            try:
+                async with asyncio.timeout(deadline_s):
+                    response = await execution.run()
+            except TimeoutError:
+                response = execution.stopped(None, ErrorInfo(
+                    code="deadline_exceeded", retryable=False,
+                    message=f"the run's deadline of {deadline_s:g} s passed; the nodes still running "
+                            "were cancelled (deadline_s, SESAME_RUN_DEADLINE_S)"))
             if response.status in _TURN_RECORDING:
                 await self._writer.submit(AppendTurn(*key, recorder.run_id, workflow.user_query,
                                                      as_text(response.output)))
@@ -201,6 +230,9 @@ class RunService:
                 self._waiters.wake(key)
             await recorder.flushed()
             self._local.pop(recorder.run_id, None)
+            self._per_user[run.tenant, workflow.user_id] -= 1
+            if not self._per_user[run.tenant, workflow.user_id]:
+                del self._per_user[run.tenant, workflow.user_id]
 
     async def _take_conversation(self, run: _LocalRun, key: tuple[str, str, str]) -> bool:
         deadline = time.monotonic() + self._settings.conversation_wait_s

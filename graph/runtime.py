@@ -35,7 +35,7 @@ from graph import logs
 from graph.kinds import RegistryFactory, RunContext
 from graph.schema import ActionRequired, ErrorInfo, NodeResult, NodeSpec, Placement
 from graph.settings import Settings
-from graph.worker import NodeTask, TokenCallback, execute_task, preflight_node
+from graph.worker import NodeTask, TokenCallback, execute_task, node_timeout_s, preflight_node
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class RayRunner:
 
     async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
         started = time.time()
-        timeout_s = self._settings.node_timeout_s + _GRACE_S
+        timeout_s = node_timeout_s(task.spec, self._settings) + _GRACE_S
         try:
             if on_token is None:
                 return await self._bounded(self._next_worker().run.remote(task), timeout_s)
@@ -149,7 +149,7 @@ class RayRunner:
         except TimeoutError:
             error = ErrorInfo(code="node_timeout", retryable=True,
                               message=f"node {task.spec.id!r} got no answer from its worker within "
-                                      f"{self._settings.node_timeout_s + _GRACE_S:g} s")
+                                      f"{timeout_s:g} s")
         except RayActorError:
             error = ErrorInfo(code="worker_died", retryable=True,
                               message=f"the worker running node {task.spec.id!r} died; run again")

@@ -23,12 +23,24 @@ def _absent_if_none_marker(value: Any) -> Any:
 Optional = BeforeValidator(_absent_if_none_marker)
 
 
+class RetryPolicy(BaseModel):
+    """A node's own retry settings (each falls back to the server's SESAME_RETRY_*)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int | None = Field(None, ge=1, le=10)
+    base_delay_s: float | None = Field(None, ge=0, le=60)
+    max_delay_s: float | None = Field(None, ge=0, le=300)
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: NodeId
     name: str = ""
     children: list[NodeId] = Field(default_factory=list)
+    timeout_s: float | None = Field(None, gt=0, le=86_400)  # the node's own SESAME_NODE_TIMEOUT_S
+    retry: RetryPolicy | None = None
 
 
 class LLMNodeSpec(_Spec):

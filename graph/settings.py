@@ -61,4 +61,17 @@ class Settings(BaseSettings):
     memory_max_turns: int = Field(20, ge=0, description="Earlier turns given to an LLM node (newest first).")
     memory_max_chars: int = Field(20_000, ge=0, description="Characters of earlier turns given to an LLM node.")
     sse_keepalive_s: float = Field(15.0, gt=0, description="Idle time after which an event stream sends a keep-alive.")
+
+    api_keys: SecretStr | None = Field(
+        None, description='Endpoint API keys, JSON {"<key>": "<tenant>"}; callers send '
+                          "Authorization: Bearer <key>. Unset = no auth (loopback only).")
+    allow_anonymous: bool = Field(
+        False, description="Serve without API keys on a non-loopback address (open access).")
+    max_runs_per_user: int = Field(
+        200, ge=1, description="Runs in flight per (tenant, user) and process; more is a 429.")
+    max_runs_in_flight: int = Field(
+        5000, ge=1, description="Runs in flight per process; more is a 503.")
+    run_deadline_s: float = Field(
+        900.0, gt=0, description="Longest a run may take (a request's deadline_s may ask for less); "
+                                 "then it ends with what finished and in-flight work is cancelled.")
     composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")

@@ -112,6 +112,7 @@ def validate_request(body: Any, known_kinds: Iterable[KindKey],
         _raise(problems)
 
     run_fields = _run_fields(body, problems)
+    deadline_s = _deadline(body, problems)
     config = body.get("agent_config")
     specs = _node_specs(config, set(known_kinds), problems)
     if isinstance(config, dict):
@@ -119,7 +120,7 @@ def validate_request(body: Any, known_kinds: Iterable[KindKey],
     if problems.items or specs is None or run_fields is None:
         _raise(problems)
 
-    workflow = Workflow(nodes=specs, **run_fields)
+    workflow = Workflow(nodes=specs, **run_fields, deadline_s=deadline_s)
     _check_bindings_and_templates(workflow, problems)
     if problems.items:
         _raise(problems)
@@ -165,6 +166,18 @@ def identifier_problem(value: str) -> str | None:
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
         return "contains a control character; send printable text"
     return None
+
+
+def _deadline(body: dict[str, Any], problems: _Problems) -> float | None:
+    """`deadline_s`: optional seconds the whole run may take (the server caps it)."""
+    value = body.get("deadline_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        problems.add(None, "deadline_s", f"deadline_s must be a positive number of seconds, got "
+                     f"{json.dumps(value) if not isinstance(value, float) else value}")
+        return None
+    return float(value)
 
 
 def _node_specs(config: Any, known_kinds: set[KindKey],

@@ -68,12 +68,13 @@ async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
                        placement: Placement | None = None,
                        on_token: TokenCallback | None = None) -> NodeResult:
     spec = task.spec
+    policy = retry_policy(spec, settings)
     started = time.time()
     attempts = 0
     output: NodeOutput | None = None
     error: ErrorInfo | None = None
     try:
-        async with asyncio.timeout(settings.node_timeout_s):
+        async with asyncio.timeout(node_timeout_s(spec, settings)):
             while True:
                 attempts += 1
                 try:
@@ -81,14 +82,14 @@ async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
                     output = await _run_once(registry, task, tokens)
                     break
                 except NodeError as exc:
-                    if not _should_retry(exc, attempts, settings):
+                    if not _should_retry(exc, attempts, policy):
                         raise
-                    await asyncio.sleep(_backoff(attempts, exc.retry_after_s, settings))
+                    await asyncio.sleep(_backoff(attempts, exc.retry_after_s, policy))
     except NodeError as exc:
         error = ErrorInfo(code=exc.error_code, message=exc.message, retryable=exc.retryable)
     except TimeoutError:
         error = ErrorInfo(code="node_timeout", retryable=True,
-                          message=f"node {spec.id!r} did not finish within {settings.node_timeout_s:g} s")
+                          message=f"node {spec.id!r} did not finish within {node_timeout_s(spec, settings):g} s")
     except Exception as exc:
         log.exception("node %s crashed", spec.id, extra={"run_id": task.context.run_id})
         secret = spec.api_key_value.get_secret_value() if isinstance(spec, LLMNodeSpec) and spec.api_key_value else None
@@ -132,15 +133,35 @@ def _route_calls(output: NodeOutput, functions: list[ToolFunction]) -> NodeOutpu
     return NodeOutput(output=output.output, tool_calls=calls, usage=output.usage, error=output.error)
 
 
-def _should_retry(exc: NodeError, attempts: int, settings: Settings) -> bool:
-    return exc.retryable and not exc.may_have_reached_provider and attempts < settings.retry_attempts
+@dataclass(frozen=True)
+class _Retry:
+    attempts: int
+    base_delay_s: float
+    max_delay_s: float
 
 
-def _backoff(attempts: int, retry_after_s: float | None, settings: Settings) -> float:
+def retry_policy(spec: NodeSpec, settings: Settings) -> _Retry:
+    """The node's `retry` fields where given, else the server's."""
+    own = spec.retry
+    pick = lambda mine, default: mine if mine is not None else default  # noqa: E731 - 0 is real
+    return _Retry(attempts=pick(own and own.attempts, settings.retry_attempts),
+                  base_delay_s=pick(own and own.base_delay_s, settings.retry_base_delay_s),
+                  max_delay_s=pick(own and own.max_delay_s, settings.retry_max_delay_s))
+
+
+def node_timeout_s(spec: NodeSpec, settings: Settings) -> float:
+    return spec.timeout_s if spec.timeout_s is not None else settings.node_timeout_s
+
+
+def _should_retry(exc: NodeError, attempts: int, policy: _Retry) -> bool:
+    return exc.retryable and not exc.may_have_reached_provider and attempts < policy.attempts
+
+
+def _backoff(attempts: int, retry_after_s: float | None, policy: _Retry) -> float:
     """Exponential backoff with full jitter; a provider's Retry-After wins, up to the cap."""
     if retry_after_s is not None:
-        return min(max(retry_after_s, 0.0), settings.retry_max_delay_s)
-    ceiling = min(settings.retry_base_delay_s * 2 ** (attempts - 1), settings.retry_max_delay_s)
+        return min(max(retry_after_s, 0.0), policy.max_delay_s)
+    ceiling = min(policy.base_delay_s * 2 ** (attempts - 1), policy.max_delay_s)
     return random.uniform(ceiling / 2, ceiling)
 
 

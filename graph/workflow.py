@@ -18,6 +18,7 @@ class Workflow:
     user_query: str
     user_id: str
     conversation_id: str
+    deadline_s: float | None = None  # the caller's deadline for the whole run, if any
 
     @cached_property
     def order(self) -> list[NodeId]:
