@@ -28,7 +28,9 @@ from starlette.exceptions import HTTPException
 
 from graph import logs
 from graph.auth import Authenticator, ConfigurationError
-from graph.errors import BodyTooLarge, InvalidRequest, SesameError
+from graph.batch import read_items
+from graph.batch_jobs import BatchJobs
+from graph.errors import BodyTooLarge, InvalidRequest, MalformedJSON, SesameError
 from graph.runs import RunService
 from graph.runtime import RayRunner
 from graph.schema import (ConversationResponse, ErrorResponse, RunAccepted, RunRequest,
@@ -88,15 +90,15 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                   "this request_id")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, setting: str = "SESAME_MAX_BODY_BYTES") -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit} (SESAME_MAX_BODY_BYTES)")
+        raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit} ({setting})")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise BodyTooLarge(f"the body is over the limit of {limit} bytes (SESAME_MAX_BODY_BYTES)")
+            raise BodyTooLarge(f"the body is over the limit of {limit} bytes ({setting})")
     return bytes(body)
 
 
@@ -171,6 +173,7 @@ class SesameIngress:
         self._known_kinds = build_registry(self._settings).known()
         self._runner = RayRunner(self._settings, build_registry)
         self._runs = RunService(self._settings, self._runner, SqlStore(self._settings.database_url))
+        self._batches = BatchJobs(self._runs)
         await self._runs.start()
         log.info("ingress ready; store %s", describe_url(self._settings.database_url))
 
@@ -247,6 +250,32 @@ class SesameIngress:
     async def cancel_run(self, request: Request, run_id: str, user_id: UserId) -> JSONResponse:
         run = await self._runs.cancel(run_id, self._tenant(request), user_id)
         return JSONResponse(run.model_dump(mode="json"))
+
+    @api.post("/batch", status_code=202, responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/x-ndjson": {
+                  "schema": {"type": "string", "description": "JSON Lines: one POST / body per line"}}}}},
+              summary="Run many workflows (JSON Lines, one request per line) in the background")
+    async def start_batch(self, request: Request,
+                          concurrency: Annotated[int, Query(ge=1, le=1000)] = 16) -> JSONResponse:
+        tenant = self._tenant(request)
+        raw = await _read_body(request, self._settings.max_batch_bytes, "SESAME_MAX_BATCH_BYTES")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedJSON(f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON Lines") from None
+        items = list(read_items(text.splitlines(), self._known_kinds))
+        if not items:
+            raise InvalidRequest("the batch is empty", [{"node_id": None, "field": "(body)",
+                                                        "message": "send one request (a POST / body) per line"}])
+        job = self._batches.start(items, tenant, min(concurrency, self._settings.max_runs_per_user))
+        return JSONResponse({"batch_id": job.batch_id, "total": len(items),
+                             "invalid": self._batches.invalid(items),
+                             "urls": {"batch": f"/batch/{job.batch_id}"}}, status_code=202,
+                            headers={"Location": f"/batch/{job.batch_id}"})
+
+    @api.get("/batch/{batch_id}", responses=_ERRORS, summary="A batch's progress and its runs")
+    async def get_batch(self, request: Request, batch_id: str) -> JSONResponse:
+        return JSONResponse(self._batches.get(batch_id, self._tenant(request)).view())
 
     @api.get("/conversations/{conversation_id}", response_model=ConversationResponse,
              responses=_ERRORS, summary="The turns of a conversation, oldest first")

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     workers: int = Field(2, ge=1, description="Node-worker actors in the pool (spread over the cluster).")
     worker_concurrency: int = Field(1000, ge=1, description="Concurrent node calls per worker actor.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
+    max_batch_bytes: int = Field(20_000_000, ge=1024, description="Largest accepted POST /batch body (413 above).")
 
     llm_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
     tool_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Composio call.")
