@@ -29,7 +29,7 @@ from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
 from nodes.llm_openai import SESAME_PARAMETERS
-from nodes.netguard import AddressPolicy, guarded_client, refused_cause
+from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
 from nodes.provider_http import retry_after_s, retryable_status
 from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
@@ -83,7 +83,7 @@ class AnthropicKind:
                                               completion_tokens=streamed.output_tokens,
                                               total_tokens=streamed.input_tokens + streamed.output_tokens))
             message = await client.messages.create(**call)
-        except (anthropic.APIError, httpx2.TransportError) as exc:
+        except (anthropic.APIError, httpx2.TransportError, AddressRefused) as exc:
             raise _converted(exc, spec, where.key, streamed.started) from None
         text = "".join(block.text for block in message.content if block.type == "text")
         calls = [ToolCall(id=block.id, action=block.name, arguments=_object(spec, block.name, block.input))
@@ -196,12 +196,12 @@ def _converted(exc: Exception, spec: LLMNodeSpec, key: str | None, mid_stream: b
     import anthropic
 
     where = _where(spec)
+    refused = refused_cause(exc)
+    if refused is not None:  # a node's own base_url
+        return ProviderError(f"{where}: {refused.message}", "address_refused", False)
     if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):  # before connection errors
         return NodeTimeout(f"{where}: the model call timed out", "provider_timeout", True)
     if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
-        refused = refused_cause(exc)
-        if refused is not None:
-            return ProviderError(f"{where}: {refused.message}", "address_refused", False)
         if mid_stream:
             return ProviderError(f"{where}: the connection dropped mid-stream", "provider_disconnected", True)
         return ProviderError(f"{where}: could not reach the model server", "provider_unreachable", True)

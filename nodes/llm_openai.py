@@ -30,7 +30,7 @@ from graph.errors import NodeTimeout, ProviderError, redact
 from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
-from nodes.netguard import AddressPolicy, guarded_client, refused_cause
+from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
 from nodes.provider_http import retry_after_s, retryable_status
 from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
@@ -76,6 +76,8 @@ class OpenAIChatKind:
             response = await client.chat.completions.create(**call)
         except openai.APIError as exc:
             raise _converted(exc, spec, key, streamed.started) from None
+        except AddressRefused as exc:  # a node's own base_url (the SDK lets it through unwrapped)
+            raise ProviderError(f'node "{spec.id}" ({spec.model_name}): {exc.message}', "address_refused", False) from None
         if not response.choices:
             raise ProviderError(f'node "{spec.id}": the model returned no choices', "empty_response", True)
         message = response.choices[0].message

@@ -16,7 +16,8 @@ its input schema, as the OpenAI stub makes them). A `"stream": true` request is 
 Messages streaming events: message_start, then per content block content_block_start, its
 deltas (text word by word; tool input as `input_json_delta` pieces), content_block_stop, then
 message_delta (stop reason, output tokens) and message_stop — with a `ping` after the start.
-Requests without `x-api-key` get a 401 `authentication_error`.
+Requests without a key (`x-api-key`, or `Authorization: Bearer` as SDK 2.x sends it) get a 401
+`authentication_error`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class Recorded:
     @property
     def tool_names(self) -> list[str]:
         return [t["name"] for t in self.body.get("tools", [])]
+
+    @property
+    def api_key(self) -> str | None:
+        """The key as sent: `x-api-key`, or `Authorization: Bearer` (what SDK 2.x sends)."""
+        bearer = self.headers.get("authorization", "")
+        return self.headers.get("x-api-key") or (bearer[len("Bearer "):] if bearer.startswith("Bearer ") else None)
 
 
 class AnthropicStub:
@@ -157,8 +164,8 @@ def _answer(path: str, record: Recorded, directive: dict[str, Any]) -> tuple[int
         headers = {"retry-after": str(directive["retry_after"])} if "retry_after" in directive else {}
         return (int(directive["status"]), _error(directive.get("error_type", "api_error"),
                                                  directive.get("message", f"stub error {directive['status']}")), headers)
-    if not record.headers.get("x-api-key"):
-        return 401, _error("authentication_error", "missing x-api-key"), {}
+    if not record.api_key:
+        return 401, _error("authentication_error", "no API key (x-api-key or Authorization: Bearer)"), {}
     body = record.body
     prompt = _text(body["messages"][-1]["content"]) if body.get("messages") else ""
     content: list[dict[str, Any]] = []
