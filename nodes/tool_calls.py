@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from graph.errors import ProviderError
+from graph.errors import ProviderError, redact
 from graph.kinds import NodeOutput
 from graph.schema import ErrorInfo, ToolCall, ToolNodeSpec
 
@@ -50,3 +50,14 @@ def finished(spec: ToolNodeSpec, calls: list[ToolCall], results: list[dict[str, 
 
 def config_of(spec: ToolNodeSpec) -> dict[str, Any]:
     return spec.config or {}
+
+
+def redacted(value: Any, secrets: list[str]) -> Any:
+    """`value` (JSON-like) with every secret removed from every string in it."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [redacted(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: redacted(v, secrets) for k, v in value.items()}
+    return value

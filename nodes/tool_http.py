@@ -31,7 +31,7 @@ from graph.kinds import NodeOutput, RunContext, ToolFunction, ToolRequest
 from graph.schema import ActionRequired, NodeSpec, ToolCall, ToolNodeSpec
 from graph.settings import Settings
 from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
-from nodes.tool_calls import check_actions, config_of, finished, function_name, result
+from nodes.tool_calls import check_actions, config_of, finished, function_name, redacted, result
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 IDEMPOTENT = ("GET", "PUT", "DELETE", "HEAD")
@@ -100,13 +100,16 @@ class HttpToolKind:
             except NodeError as exc:
                 raise type(exc)(redact(exc.message, secrets), exc.error_code, exc.retryable,
                                 exc.may_have_reached_provider or bool(results), exc.retry_after_s) from None
-            data = json.loads(redact(json.dumps(data), secrets))
+            data = redacted(data, secrets)
             ok = 200 <= data["status"] < 300
             results.append(result(call, ok, data, None if ok else f'{spec.id}: the server answered {data["status"]}'))
         return finished(spec, request.calls, results)
 
     async def _call(self, spec: ToolNodeSpec, call: ToolCall) -> dict[str, Any]:
-        first = _build(spec, call.arguments)
+        try:
+            first = _build(spec, call.arguments)
+        except (httpx2.InvalidURL, ValueError) as exc:
+            raise CallRefused(f"the URL is not valid: {exc}") from None
         where = f'node "{spec.id}" (http {first.method})'
         try:
             async with asyncio.timeout(self._settings.http_timeout_s):
@@ -115,6 +118,8 @@ class HttpToolKind:
         except TimeoutError:
             raise NodeTimeout(f"{where}: no complete answer within {self._settings.http_timeout_s:g} s",
                               "tool_timeout", True, first.method not in IDEMPOTENT) from None
+        except httpx2.InvalidURL as exc:  # a redirect's Location, or a URL made from arguments
+            raise CallRefused(f"the URL is not valid: {exc}") from None
         except httpx2.HTTPError as exc:
             refused = refused_cause(exc)
             if refused is not None:
@@ -154,6 +159,8 @@ class HttpToolKind:
         parsed = httpx2.URL(url)
         if parsed.scheme not in ("http", "https"):
             raise CallRefused(f"only http and https URLs may be called, not {parsed.scheme!r}")
+        if not parsed.host or (parsed.port is not None and not 0 < parsed.port < 65536):
+            raise CallRefused(f"the URL is not valid: {url!r} has no host or a port out of range")
         allowed = [h.strip().lower() for h in self._settings.http_allowed_hosts]
         host = parsed.host.lower()
         if allowed and not any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in allowed):

@@ -31,7 +31,7 @@ from graph.kinds import NodeOutput, RunContext, ToolFunction, ToolRequest
 from graph.schema import ActionRequired, NodeSpec, ToolNodeSpec
 from graph.settings import Settings
 from nodes.netguard import AddressPolicy, guarded_client, refused_cause
-from nodes.tool_calls import check_actions, config_of, finished, result
+from nodes.tool_calls import check_actions, config_of, finished, redacted, result
 
 _Tool = tuple[str, str, dict[str, Any]]  # name, description, input schema
 
@@ -164,13 +164,7 @@ class MCPToolKind:
         return secrets
 
     def _redacted(self, spec: ToolNodeSpec, value: Any) -> Any:
-        if isinstance(value, str):
-            return redact(value, self._secrets(spec))
-        if isinstance(value, list):
-            return [self._redacted(spec, v) for v in value]
-        if isinstance(value, dict):
-            return {k: self._redacted(spec, v) for k, v in value.items()}
-        return value
+        return redacted(value, self._secrets(spec))
 
     def _converted(self, spec: ToolNodeSpec, exc: BaseException, sending: bool, earlier: bool) -> NodeError:
         """`sending`: tool calls were being made (one may have reached the server)."""

@@ -203,3 +203,8 @@ def test_every_resolved_address_must_pass_and_the_checked_one_is_connected_to(
     output = call(node(f"http://rebind.test:{target.port}/echo"), arguments={})
     assert output.output[0]["successful"] and asked == ["mixed.test", "rebind.test"]
     assert target.requests[-1].headers["host"] == f"rebind.test:{target.port}"
+
+
+def test_a_url_that_is_not_valid_fails_the_call(target: HttpTarget) -> None:
+    assert "not valid" in refused(call(node("http://127.0.0.1:{port}/x"), arguments={"port": "99999"}))
+    assert "not valid" in refused(call(node(target.base_url + "/redirect?to=http://[::1"), arguments={}))
