@@ -101,12 +101,14 @@ def test_http_tool_called_by_an_llm(kinds: Any, openai_stub: Any, servers: dict[
     assert HTTP_SECRET not in response.text
 
 
-def test_http_tool_refuses_a_metadata_address_even_here(kinds: Any) -> None:
-    grab = tool("grab", "http", config={"url": "http://169.254.169.254/latest/meta-data/"}, action="grab",
-                arguments={})
+def test_http_tool_refuses_an_address_outside_the_allowed_network(kinds: Any, servers: dict[str, Any]) -> None:
+    # This app allows 127.0.0.1/32 only; 127.0.0.2 is loopback too, and refused.
+    grab = tool("grab", "http", config={"url": f"http://127.0.0.2:{servers['target'].port}/echo"},
+                action="grab", arguments={})
     run = kinds(body(grab)).json()
     assert run["status"] == "failed" and run["nodes"]["grab"]["error"]["code"] == "tool_call_failed"
-    assert "cloud metadata" in run["nodes"]["grab"]["error"]["message"]
+    assert "127.0.0.2: a loopback address" in run["nodes"]["grab"]["error"]["message"]
+    assert servers["target"].requests == []
 
 
 def test_email_tool_sends_what_the_llm_asked(kinds: Any, servers: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import ipaddress
 import socket
 from typing import Any, Iterator
 
+import httpcore2
 import pytest
 
 from graph.errors import NodeTimeout
@@ -22,6 +23,24 @@ from tests.stubs.http_target import HttpTarget
 CONTEXT = RunContext(run_id="run-1", user_id="u1", conversation_id="c1")
 LOOPBACK = ["127.0.0.1/32"]
 TOKEN = "Bearer http-secret-9f2c"
+
+
+@pytest.fixture(autouse=True)
+def outside_attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A tripwire under the guard: any connection to an address outside 127.0.0.0/8 is recorded
+    and fails without a packet sent — so the refusal tests stay on loopback even if the guard
+    broke, and they can prove that nothing was attempted."""
+    attempts: list[str] = []
+    real = httpcore2.AnyIOBackend.connect_tcp
+
+    async def connect_tcp(self: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if ipaddress.ip_address(host) not in ipaddress.ip_network("127.0.0.0/8"):
+            attempts.append(host)
+            raise httpcore2.ConnectError(f"test tripwire: no connection to {host}")
+        return await real(self, host, port, *args, **kwargs)
+
+    monkeypatch.setattr(httpcore2.AnyIOBackend, "connect_tcp", connect_tcp)
+    return attempts
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +140,10 @@ def test_a_hostname_that_resolves_to_loopback_is_refused(target: HttpTarget) -> 
     ("169.254.169.254", "metadata"), ("169.254.10.10", "link-local"), ("224.0.0.1", "multicast"),
     ("0.0.0.0", "unspecified"), ("[::1]", "loopback"), ("[::ffff:127.0.0.1]", "loopback"),
     ("[fe80::1]", "link-local"), ("100.64.0.1", "not a public address")])
-def test_non_public_addresses_are_refused_before_connecting(address: str, reason: str) -> None:
+def test_non_public_addresses_are_refused_before_connecting(address: str, reason: str,
+                                                           outside_attempts: list[str]) -> None:
     assert reason in refused(call(node(f"http://{address}/x"), allowed=None))
+    assert outside_attempts == []
 
 
 def test_a_metadata_address_stays_refused_inside_an_allowed_network() -> None:
@@ -132,10 +153,10 @@ def test_a_metadata_address_stays_refused_inside_an_allowed_network() -> None:
     assert AddressPolicy.from_settings(["169.254.169.254/32"]).refusal(ipaddress.ip_address("169.254.169.254")) is None
 
 
-def test_a_redirect_into_a_forbidden_address_is_refused(target: HttpTarget) -> None:
+def test_a_redirect_into_a_forbidden_address_is_refused(target: HttpTarget, outside_attempts: list[str]) -> None:
     url = target.base_url + "/redirect?to=http://169.254.169.254/latest/meta-data/"
     assert "metadata" in refused(call(node(url), arguments={}))
-    assert [r.path for r in target.requests] == ["/redirect"]
+    assert [r.path for r in target.requests] == ["/redirect"] and outside_attempts == []
 
 
 def test_each_redirect_hop_is_checked_against_the_host_allowlist_again(target: HttpTarget) -> None:
@@ -186,20 +207,23 @@ def test_a_slow_answer_times_out(target: HttpTarget) -> None:
 def test_every_resolved_address_must_pass_and_the_checked_one_is_connected_to(
         target: HttpTarget, monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
-    answers = {"mixed.test": ["93.184.216.34", "127.0.0.1"], "rebind.test": ["127.0.0.1"]}
+    # Only 127.0.0.1 is allowed. "mixed.test" has it and 127.0.0.3; "rebind.test" answers
+    # 127.0.0.1 once, then 127.0.0.2 (where nothing listens) to any second lookup.
+    answers = {"mixed.test": ["127.0.0.1", "127.0.0.3"], "rebind.test": ["127.0.0.1"]}
     asked: list[str] = []
 
     def fake(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
         if host not in answers:
             return real(host, port, *args, **kwargs)
         asked.append(host)
-        addresses, answers[host] = answers[host], ["10.9.9.9"]  # a second lookup would be told 10.9.9.9
+        addresses, answers[host] = answers[host], ["127.0.0.2"]
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)
-    # One public and one loopback address: refused, though the first one alone would pass.
-    assert "127.0.0.1" in refused(call(node(f"http://mixed.test:{target.port}/echo"), allowed=None))
-    # Resolved once, checked, and that address connected to: a second lookup (10.9.9.9) never happens.
+    # One allowed and one refused address: refused, though the first one alone would pass.
+    assert "127.0.0.3" in refused(call(node(f"http://mixed.test:{target.port}/echo"), arguments={}))
+    assert target.requests == []
+    # Resolved once, checked, and that address connected to: no second lookup happens.
     output = call(node(f"http://rebind.test:{target.port}/echo"), arguments={})
     assert output.output[0]["successful"] and asked == ["mixed.test", "rebind.test"]
     assert target.requests[-1].headers["host"] == f"rebind.test:{target.port}"
