@@ -8,7 +8,7 @@ concrete registry. Kinds are plain async code: concurrency lives in the schedule
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,6 +16,11 @@ from graph.schema import ActionRequired, ErrorInfo, LLMNodeSpec, NodeSpec, ToolC
 from graph.settings import Settings
 
 KindKey = tuple[str, str]
+
+StaticCheck = Callable[[NodeSpec], list[tuple[str, str]]]
+"""Optional hook: a kind class may define `check(spec) -> [(field, message), ...]` as a static
+method — the problems validation can find in a node of this kind without I/O or settings (an
+http tool without a URL). They are reported with every other problem as a 422."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +106,10 @@ class ToolKind(NodeKind, Protocol):
 
 
 class Registry(Protocol):
-    """Builds the kinds of one process. `known()` is used by validation; `kind()` by workers."""
+    """Builds the kinds of one process. `known()` is used by validation; `kind()` by workers.
+    `known()` may map each key to its kind's `StaticCheck` (or None) so validation runs it."""
 
-    def known(self) -> list[KindKey]: ...
+    def known(self) -> list[KindKey] | Mapping[KindKey, StaticCheck | None]: ...
 
     def kind(self, key: KindKey) -> NodeKind: ...
 

@@ -52,10 +52,11 @@ class LLMNodeSpec(_Spec):
     parameters: dict[str, Any] = Field(default_factory=dict)
     api_key_name: Annotated[str | None, Optional] = None
     api_key_value: Annotated[SecretStr | None, Optional] = None
+    base_url: Annotated[str | None, Optional] = None  # any OpenAI-compatible (or Anthropic) server
 
     @property
     def kind(self) -> tuple[str, str]:
-        return ("llm", self.provider_name.lower())
+        return ("llm", self.provider_name.strip().lower())
 
 
 class ToolNodeSpec(_Spec):
@@ -70,10 +71,12 @@ class ToolNodeSpec(_Spec):
     input_schema: Annotated[dict[str, Any] | None, Optional] = None
     action: Annotated[str | None, Optional] = None
     arguments: Annotated[dict[str, Any] | None, Optional] = None
+    code: Annotated[str | None, Optional] = None            # the python kind's program
+    config: Annotated[dict[str, Any] | None, Optional] = None  # kind-specific (docs/node_kinds.md)
 
     @property
     def kind(self) -> tuple[str, str]:
-        return ("tool", self.tool_type.lower())
+        return ("tool", self.tool_type.strip().lower())
 
 
 NodeSpec = LLMNodeSpec | ToolNodeSpec

@@ -6,6 +6,8 @@ an environment we did not mean."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -76,3 +78,54 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Longest a run may take (a request's deadline_s may ask for less); "
                                  "then it ends with what finished and in-flight work is cancelled.")
     composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")
+
+    # ---- LLM providers (nodes/providers.py) -----------------------------------------------
+    provider_base_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description='Provider → base URL, overriding the built-in one, e.g. {"ollama": '
+                    '"http://gpu-box:11434/v1"}. Server keys are sent only to these (or the built-in) URLs.')
+    anthropic_max_tokens: int = Field(
+        1024, ge=1, description="max_tokens sent to Anthropic when a node's parameters have none "
+                                "(the Messages API requires it).")
+
+    # ---- outbound requests to addresses a request names (http tool, MCP URLs, node base_url) ---
+    http_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Hosts the http tool may call, e.g. ["api.example.com", "*.example.org"]; '
+                    "empty = any host whose addresses are public.")
+    http_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description='Non-public networks that request-given URLs may reach anyway, e.g. '
+                    '["10.1.2.0/24"] (loopback, private, link-local, multicast, unspecified and '
+                    "cloud-metadata addresses are refused otherwise; a metadata address only if "
+                    "listed as a single address).")
+    http_timeout_s: float = Field(15.0, gt=0, description="Time limit of one http tool call, redirects included.")
+    http_max_response_bytes: int = Field(1_000_000, ge=1, description="Largest http tool response body (larger fails the call).")
+    http_max_redirects: int = Field(5, ge=0, description="Redirects an http tool call follows (each hop re-checked).")
+
+    # ---- MCP tools ---------------------------------------------------------------------------
+    mcp_servers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Named MCP servers a node may use with config.server: {"files": {"command": '
+                    '"npx", "args": ["-y", "server"], "env": {...}}} (stdio) or {"url": "https://…/mcp", '
+                    '"headers": {...}} (streamable HTTP). Commands run only from here, never from a request.')
+    mcp_timeout_s: float = Field(30.0, gt=0, description="Time limit to connect to an MCP server and list its tools, and of one tool call.")
+    mcp_tool_cache_s: float = Field(60.0, ge=0, description="How long an MCP server's tool list is cached per worker.")
+
+    # ---- email (SMTP) ------------------------------------------------------------------------
+    smtp_host: str | None = Field(None, description="SMTP server; unset = email tool nodes answer action_required.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 SSL, 25 plain).")
+    smtp_starttls: bool = Field(True, description="Upgrade the connection with STARTTLS (ignored with smtp_ssl).")
+    smtp_ssl: bool = Field(False, description="Connect with TLS from the start (port 465).")
+    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset = no AUTH.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password (a secret: never logged or echoed).")
+    smtp_from: str | None = Field(None, description="Sender address; unset = smtp_username.")
+    smtp_ca_file: str | None = Field(None, description="PEM file of the CA (or self-signed certificate) to trust for the SMTP server; unset = the system's.")
+    smtp_timeout_s: float = Field(30.0, gt=0, description="Time limit of one SMTP conversation.")
+
+    # ---- python tool (off by default) ---------------------------------------------------------
+    python_enabled: bool = Field(False, description="Allow python tool nodes to run code (off: they answer action_required).")
+    python_cpu_s: int = Field(5, ge=1, description="CPU seconds one python tool call may use.")
+    python_wall_s: float = Field(10.0, gt=0, description="Wall-clock seconds one python tool call may take.")
+    python_memory_mb: int = Field(256, ge=32, description="Address-space limit (RLIMIT_AS) of one python tool call.")
+    python_output_bytes: int = Field(65_536, ge=1024, description="Largest output (result + printed text) of one python tool call.")

@@ -9,12 +9,13 @@ that are not JSON; duplicate keys and lone surrogates are 422 problems, not sile
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from graph.errors import InvalidRequest, MalformedJSON
+from graph.kinds import StaticCheck
 from graph.schema import SPEC_BY_TYPE, LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
 from graph.templates import referenced_nodes, strings_in
 from graph.workflow import Workflow
@@ -102,9 +103,10 @@ def _shown(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def validate_request(body: Any, known_kinds: Iterable[KindKey],
+def validate_request(body: Any, known_kinds: Iterable[KindKey] | Mapping[KindKey, StaticCheck | None],
                      hygiene: list[dict[str, Any]] | None = None) -> Workflow:
-    """Check everything that can be checked without running anything."""
+    """Check everything that can be checked without running anything. `known_kinds` may map
+    each kind to its static check (`graph.kinds.StaticCheck`), whose problems are reported too."""
     problems = _Problems()
     problems.items.extend(hygiene or [])
     if not isinstance(body, dict):
@@ -114,7 +116,8 @@ def validate_request(body: Any, known_kinds: Iterable[KindKey],
     run_fields = _run_fields(body, problems)
     deadline_s = _deadline(body, problems)
     config = body.get("agent_config")
-    specs = _node_specs(config, set(known_kinds), problems)
+    checks = dict(known_kinds) if isinstance(known_kinds, Mapping) else dict.fromkeys(known_kinds)
+    specs = _node_specs(config, checks, problems)
     if isinstance(config, dict):
         _check_edges(_raw_children(config), problems)
     if problems.items or specs is None or run_fields is None:
@@ -180,7 +183,7 @@ def _deadline(body: dict[str, Any], problems: _Problems) -> float | None:
     return float(value)
 
 
-def _node_specs(config: Any, known_kinds: set[KindKey],
+def _node_specs(config: Any, checks: dict[KindKey, StaticCheck | None],
                 problems: _Problems) -> dict[NodeId, NodeSpec] | None:
     if config is None:
         problems.add(None, "agent_config", "agent_config is required: an object {node_id: node}")
@@ -201,8 +204,11 @@ def _node_specs(config: Any, known_kinds: set[KindKey],
         spec = _node_spec(key, node, problems)
         if spec is None:
             continue
-        if spec.kind not in known_kinds:
-            _unknown_kind(spec, known_kinds, problems)
+        if spec.kind not in checks:
+            _unknown_kind(spec, set(checks), problems)
+        elif (check := checks[spec.kind]) is not None:
+            for field, message in check(spec):
+                problems.add(key, field, message)
         specs[key] = spec
     return specs if len(specs) == len(config) else None
 

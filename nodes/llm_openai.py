@@ -1,10 +1,13 @@
-"""The OpenAI (and OpenAI-compatible) chat node.
+"""The OpenAI-compatible chat node: OpenAI itself and every provider in `nodes.providers` that
+speaks its API (Ollama, vLLM, Groq, Together, DeepSeek, OpenRouter, …), or any server a node
+names with `base_url`.
 
 Sends one chat completion through the real `openai` SDK: system prompt + the conversation's
 earlier turns (alternating user/assistant messages) + rendered prompt, the tool children's
 actions as functions, and the node's `parameters` passed through as given (so new provider
-options work and `0.0` stays `0.0`) — minus `memory`, which is Sesame's. The key is
-`api_key_value` when given, else the worker's environment variable named by `api_key_name`.
+options work and `0.0` stays `0.0`) — minus `memory`, which is Sesame's. Which URL and key are
+used is `nodes.providers.endpoint`'s decision; a node's own `base_url` is reached through the
+SSRF guard (`nodes.netguard`) and never gets a server key.
 
 Without `on_token` it makes one plain call (the fast path). With `on_token` it streams
 (`stream=True`, usage requested in the last chunk), hands each piece of text to `on_token` as it
@@ -17,8 +20,6 @@ let an SDK exception escape: they become `graph.errors` types here, with secrets
 from __future__ import annotations
 
 import json
-import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,32 +30,32 @@ from graph.errors import NodeTimeout, ProviderError, redact
 from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
+from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
 from nodes.provider_http import retry_after_s, retryable_status
+from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
 SESAME_PARAMETERS = ("memory",)  # consumed by Sesame, never sent to the provider
-_MAX_CLIENTS = 32                # one SDK client (connection pool) per distinct key, LRU
 
 
 class OpenAIChatKind:
+    check = staticmethod(check_base_url)
+
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._clients: OrderedDict[str, openai.AsyncOpenAI] = OrderedDict()
+        self._policy = AddressPolicy.from_settings(settings.http_allowed_networks)
+        self._clients: ClientCache[openai.AsyncOpenAI] = ClientCache(self._new_client, lambda c: c.close())
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
         assert isinstance(spec, LLMNodeSpec)
-        if self._api_key(spec):
-            return []
-        env_var = spec.api_key_name or "OPENAI_API_KEY"
-        return [ActionRequired(
-            node_id=spec.id, kind="missing_api_key", env_var=env_var,
-            message=f'node "{spec.id}" has no API key: set the environment variable {env_var} on '
-                    "the Sesame server (then restart it), or send api_key_value in the node")]
+        where = endpoint(spec, self._settings)
+        return [missing_key(spec, where)] if where.missing else []
 
     async def run(self, request: LLMRequest) -> NodeOutput:
         spec = request.spec
-        key = self._api_key(spec)
-        if not key:
+        where = endpoint(spec, self._settings)
+        if where.missing:
             raise ProviderError(f'node "{spec.id}" has no API key', "missing_api_key", False)
+        key = where.key or ""
         tools = [{"type": "function", "function": {"name": f.name, "description": f.description,
                                                     "parameters": f.parameters}}
                  for f in request.functions]
@@ -62,7 +63,7 @@ class OpenAIChatKind:
         call = {"model": spec.model_name, "tools": tools or openai.omit, "extra_body": extra or None,
                 "messages": messages(request.system_prompt, request.history, request.prompt),
                 "timeout": self._settings.llm_timeout_s}
-        client = await self._client(key)
+        client = await self._clients.get(where)
         streamed = _Streamed()
         try:
             if request.on_token is not None:
@@ -75,6 +76,8 @@ class OpenAIChatKind:
             response = await client.chat.completions.create(**call)
         except openai.APIError as exc:
             raise _converted(exc, spec, key, streamed.started) from None
+        except AddressRefused as exc:  # a node's own base_url (the SDK lets it through unwrapped)
+            raise ProviderError(f'node "{spec.id}" ({spec.model_name}): {exc.message}', "address_refused", False) from None
         if not response.choices:
             raise ProviderError(f'node "{spec.id}": the model returned no choices', "empty_response", True)
         message = response.choices[0].message
@@ -84,21 +87,10 @@ class OpenAIChatKind:
         return NodeOutput(output=message.content or "", tool_calls=_tool_calls(pieces, spec),
                           usage=_usage(response.usage))
 
-    def _api_key(self, spec: LLMNodeSpec) -> str | None:
-        if spec.api_key_value is not None:
-            return spec.api_key_value.get_secret_value()
-        return os.environ.get(spec.api_key_name or "OPENAI_API_KEY") or None
-
-    async def _client(self, key: str) -> openai.AsyncOpenAI:
-        client = self._clients.pop(key, None)
-        if client is None:
-            client = openai.AsyncOpenAI(api_key=key, base_url=self._settings.openai_base_url,
-                                        max_retries=0, timeout=self._settings.llm_timeout_s)
-        self._clients[key] = client
-        if len(self._clients) > _MAX_CLIENTS:
-            _, oldest = self._clients.popitem(last=False)
-            await oldest.close()
-        return client
+    def _new_client(self, where: Endpoint) -> openai.AsyncOpenAI:
+        http_client = guarded_client(self._policy) if where.from_node else None
+        return openai.AsyncOpenAI(api_key=where.key or NO_KEY, base_url=where.base_url, max_retries=0,
+                                  timeout=self._settings.llm_timeout_s, http_client=http_client)
 
 
 def messages(system_prompt: str | None, history: tuple[Turn, ...], prompt: str) -> list[dict[str, Any]]:
@@ -201,6 +193,9 @@ def _converted(exc: openai.APIError, spec: LLMNodeSpec, key: str,
     if isinstance(exc, openai.APITimeoutError):  # subclasses APIConnectionError: check it first
         return NodeTimeout(f"{where}: the model call timed out", "provider_timeout", True)
     if isinstance(exc, openai.APIConnectionError):
+        refused = refused_cause(exc)
+        if refused is not None:
+            return ProviderError(f"{where}: {refused.message}", "address_refused", False)
         if mid_stream:
             return ProviderError(f"{where}: the connection dropped mid-stream", "provider_disconnected", True)
         return ProviderError(f"{where}: could not reach the model server", "provider_unreachable", True)
