@@ -30,7 +30,7 @@ from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
 from nodes.llm_openai import SESAME_PARAMETERS
 from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
-from nodes.provider_http import retry_after_s, retryable_status
+from nodes.provider_http import origin, retry_after_s, retryable_status
 from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
 if TYPE_CHECKING:
@@ -204,7 +204,8 @@ def _converted(exc: Exception, spec: LLMNodeSpec, key: str | None, mid_stream: b
     if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
         if mid_stream:
             return ProviderError(f"{where}: the connection dropped mid-stream", "provider_disconnected", True)
-        return ProviderError(f"{where}: could not reach the model server", "provider_unreachable", True)
+        return ProviderError(f"{where}: could not reach {origin(getattr(exc, 'request', None))}",
+                             "provider_unreachable", True)
     if isinstance(exc, anthropic.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         error = body.get("error") if isinstance(body.get("error"), dict) else {}

@@ -31,7 +31,7 @@ from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
 from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
-from nodes.provider_http import retry_after_s, retryable_status
+from nodes.provider_http import origin, retry_after_s, retryable_status
 from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
 SESAME_PARAMETERS = ("memory",)  # consumed by Sesame, never sent to the provider
@@ -198,7 +198,8 @@ def _converted(exc: openai.APIError, spec: LLMNodeSpec, key: str,
             return ProviderError(f"{where}: {refused.message}", "address_refused", False)
         if mid_stream:
             return ProviderError(f"{where}: the connection dropped mid-stream", "provider_disconnected", True)
-        return ProviderError(f"{where}: could not reach the model server", "provider_unreachable", True)
+        return ProviderError(f"{where}: could not reach {origin(getattr(exc, 'request', None))}",
+                             "provider_unreachable", True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retryable = retryable_status(status)

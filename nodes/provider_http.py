@@ -4,6 +4,7 @@ how long a provider asked us to wait (`Retry-After`, seconds or an HTTP date).""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -26,3 +27,14 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def origin(request: Any) -> str:
+    """`scheme://host:port` of the request an SDK error carries (no path, query or credentials),
+    to say which server could not be reached; "the model server" when there is none."""
+    url = getattr(request, "url", None)
+    host = getattr(url, "host", None)
+    if not host:
+        return "the model server"
+    port = f":{url.port}" if getattr(url, "port", None) else ""
+    return f"{url.scheme}://{host}{port}"

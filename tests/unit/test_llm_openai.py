@@ -177,3 +177,18 @@ def test_a_client_error_is_not_retryable(stub: OpenAIStub) -> None:
         call(stub, node(status=400, message="context too long"))
     assert caught.value.error_code == "provider_error" and not caught.value.retryable
     assert "400" in caught.value.message and "context too long" in caught.value.message
+
+
+def test_an_unreachable_server_is_named_in_the_error() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kind = OpenAIChatKind(Settings(openai_base_url=f"http://127.0.0.1:{port}/v1", llm_timeout_s=5.0))
+    request = LLMRequest(spec=node(), context=CONTEXT, system_prompt=None, prompt="hi")
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(kind.run(request))
+    assert caught.value.error_code == "provider_unreachable" and caught.value.retryable
+    assert f"could not reach http://127.0.0.1:{port}" in caught.value.message
+    assert KEY not in caught.value.message
