@@ -27,7 +27,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.stubs.quiet_server import QuietHTTPServer
 from typing import Any
 
 from tests.stubs.openai_stub import _arguments_for
@@ -64,7 +66,7 @@ class AnthropicStub:
         class Handler(_Handler):
             owner = stub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self._server = QuietHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self._server.request_queue_size = 256
         self._server.daemon_threads = True
         self._server.server_bind()

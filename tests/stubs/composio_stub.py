@@ -19,7 +19,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.stubs.quiet_server import QuietHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -311,7 +313,7 @@ def _handler_for(stub: ComposioStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(QuietHTTPServer):
     request_queue_size = 1024  # the default backlog of 5 drops bursts
     daemon_threads = True
 

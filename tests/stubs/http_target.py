@@ -13,7 +13,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.stubs.quiet_server import QuietHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,7 +37,7 @@ class HttpTarget:
         class Handler(_Handler):
             owner = target
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
 
     @property

@@ -36,7 +36,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.stubs.quiet_server import QuietHTTPServer
 from typing import Any
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
@@ -86,7 +88,7 @@ class OpenAIStub:
         class Handler(_Handler):
             stub_state = state
 
-        self._server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
+        self._server = QuietHTTPServer((host, port), Handler, bind_and_activate=False)
         self._server.request_queue_size = 1024
         self._server.daemon_threads = True
         self._server.server_bind()
