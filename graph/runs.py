@@ -114,7 +114,7 @@ class RunService:
     async def _keep_up(self) -> None:
         last_heartbeat = time.monotonic()
         while True:
-            await asyncio.sleep(_CANCEL_POLL_S)
+            await asyncio.sleep(min(_CANCEL_POLL_S, self._settings.heartbeat_s))
             try:
                 if self._local:
                     for run_id in await asyncio.to_thread(self._store.cancel_requests, self.owner):

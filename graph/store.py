@@ -25,6 +25,7 @@ from graph.schema import ErrorInfo, NodeResult, RunResponse
 from graph.store_schema import leases, migrate, owners, run_events, run_nodes, runs, turns
 
 ACTIVE = ("queued", "running")
+_ROWS_PER_INSERT = 1000  # SQLite allows 32,766 bound values per statement; an event row has 5
 UNFINISHED_NODES = ("pending", "running")
 
 
@@ -83,8 +84,22 @@ class SqlStore:
     # ---- writes: the writer hands a batch of operations to `apply` -------------------------
 
     def apply(self, operations: list["Operation"]) -> list[Any]:
+        """Apply `operations` in one transaction. Progress writes (`BulkOperation`s: node and
+        run state, events) are gathered by kind and written as one statement each at the end
+        — or before an operation that reads them — which is where a busy writer's time goes."""
+        results: list[Any] = []
+        pending: dict[type[BulkOperation], list[BulkOperation]] = {}
         with self._writes.begin() as connection:
-            return [operation.apply(connection, self.dialect) for operation in operations]
+            for operation in operations:
+                if isinstance(operation, BulkOperation):
+                    pending.setdefault(type(operation), []).append(operation)
+                    results.append(None)
+                    continue
+                if operation.reads_progress:
+                    _write_all(connection, self.dialect, pending)
+                results.append(operation.apply(connection, self.dialect))
+            _write_all(connection, self.dialect, pending)
+        return results
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -175,8 +190,29 @@ def _inserted(connection: sa.Connection, table: sa.Table, dialect: str, values: 
 # ---- operations ------------------------------------------------------------------------------
 
 class Operation:
+    reads_progress = False  # True: pending progress writes must be applied before this one
+
     def apply(self, connection: sa.Connection, dialect: str) -> Any:
         raise NotImplementedError
+
+
+class BulkOperation(Operation):
+    """A write with no result that may be applied later in its transaction, together with the
+    others of its kind (in submission order, so the last write of a row wins)."""
+
+    @classmethod
+    def apply_all(cls, connection: sa.Connection, dialect: str, operations: list[Any]) -> None:
+        raise NotImplementedError
+
+    def apply(self, connection: sa.Connection, dialect: str) -> None:
+        self.apply_all(connection, dialect, [self])
+
+
+def _write_all(connection: sa.Connection, dialect: str,
+               pending: dict[type[BulkOperation], list[BulkOperation]]) -> None:
+    for kind, operations in pending.items():
+        kind.apply_all(connection, dialect, operations)
+    pending.clear()
 
 
 @dataclass(frozen=True)
@@ -214,43 +250,50 @@ class CreateRun(Operation):
 
 
 @dataclass(frozen=True)
-class SaveNode(Operation):
+class SaveNode(BulkOperation):
     run_id: str
     result: NodeResult
 
-    def apply(self, connection: sa.Connection, dialect: str) -> None:
-        connection.execute(run_nodes.update().where(
-            run_nodes.c.run_id == self.run_id, run_nodes.c.node_id == self.result.id)
-            .values(result=self.result.model_dump(mode="json")))
+    @classmethod
+    def apply_all(cls, connection: sa.Connection, dialect: str, operations: list["SaveNode"]) -> None:
+        connection.execute(
+            run_nodes.update().where(run_nodes.c.run_id == sa.bindparam("b_run"),
+                                     run_nodes.c.node_id == sa.bindparam("b_node"))
+            .values(result=sa.bindparam("b_result", type_=sa.JSON)),
+            [{"b_run": op.run_id, "b_node": op.result.id, "b_result": op.result.model_dump(mode="json")}
+             for op in operations])
 
 
 @dataclass(frozen=True)
-class SaveRun(Operation):
-    """The run's status and summary; with `final`, also every node (they may have changed
-    together, e.g. all cancelled) and its end time."""
+class SaveRun(BulkOperation):
+    """The run's status and summary (its nodes are saved by `SaveNode`); `final` also sets
+    its end time."""
 
     response: RunResponse
     final: bool = False
 
-    def apply(self, connection: sa.Connection, dialect: str) -> None:
+    @classmethod
+    def apply_all(cls, connection: sa.Connection, dialect: str, operations: list["SaveRun"]) -> None:
         now = time.time()
-        run = self.response
-        values: dict[str, Any] = {"status": run.status, "summary": _summary(run), "updated_at": now}
-        if self.final:
-            values["finished_at"] = now
-            for node in run.nodes.values():
-                SaveNode(run.run_id, node).apply(connection, dialect)
-        connection.execute(runs.update().where(runs.c.run_id == run.run_id).values(**values))
+        connection.execute(
+            runs.update().where(runs.c.run_id == sa.bindparam("b_run"))
+            .values(status=sa.bindparam("b_status"), summary=sa.bindparam("b_summary", type_=sa.JSON),
+                    updated_at=now, finished_at=sa.bindparam("b_finished")),
+            [{"b_run": op.response.run_id, "b_status": op.response.status,
+              "b_summary": _summary(op.response), "b_finished": now if op.final else None}
+             for op in operations])
 
 
 @dataclass(frozen=True)
-class AppendEvents(Operation):
+class AppendEvents(BulkOperation):
     events: tuple[RunEvent, ...]
 
-    def apply(self, connection: sa.Connection, dialect: str) -> None:
-        connection.execute(_insert_ignoring_conflicts(run_events, dialect, [
-            {"run_id": e.run_id, "seq": e.seq, "type": e.type, "at": e.at, "data": e.data}
-            for e in self.events]))
+    @classmethod
+    def apply_all(cls, connection: sa.Connection, dialect: str, operations: list["AppendEvents"]) -> None:
+        rows = [{"run_id": e.run_id, "seq": e.seq, "type": e.type, "at": e.at, "data": e.data}
+                for op in operations for e in op.events]
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            connection.execute(_insert_ignoring_conflicts(run_events, dialect, rows[start:start + _ROWS_PER_INSERT]))
 
 
 @dataclass(frozen=True)
@@ -343,6 +386,8 @@ class ReapDeadOwners(Operation):
     """Runs left `queued`/`running` by a process that stopped heartbeating (or that no owner
     claims at all) become `interrupted`, with a final `run_finished` event; their conversation
     leases are freed. Returns the interrupted run ids."""
+
+    reads_progress = True
 
     stale_after_s: float
     except_owner: str

@@ -102,11 +102,13 @@ def test_a_follower_that_resumes_after_an_event_gets_the_rest_once(database_url)
 def test_cancelling_stops_the_nodes_in_flight_and_runs_nothing_after(database_url):
     async def body(service):
         run_id, _ = await service.start_run(workflow_of(llm("A", ["B"], delay=5), llm("B"), llm("X", delay=5)), T)
-        await asyncio.sleep(0.1)
+        while len(registry.requests("A") + registry.requests("X")) < 2:  # both are in flight
+            await asyncio.sleep(0.01)
         cancelled = await service.cancel(run_id, T, "u1")
         return cancelled, await service.get(run_id, T, "u1"), await collect(service, run_id)
 
-    (cancelled, stored, events), registry = scenario(database_url, body)
+    registry = FakeRegistry()
+    (cancelled, stored, events), _ = scenario(database_url, body, registry)
     assert cancelled.status == stored.status == "cancelled"
     assert {n: r.status for n, r in stored.nodes.items()} == {"A": "cancelled", "B": "cancelled", "X": "cancelled"}
     assert stored.nodes["A"].error.code == "cancelled" and stored.nodes["A"].started_at
@@ -237,7 +239,12 @@ def test_runs_of_a_crashed_process_become_interrupted_after_missed_heartbeats(da
         survivor, _ = service_for(database_url, heartbeat_s=0.1)
         await survivor.start()
         try:
-            return await survivor.get(run_id, T, "u1")
+            for _ in range(100):  # the survivor reaps at start and on every heartbeat after
+                run = await survivor.get(run_id, T, "u1")
+                if run.finished:
+                    return run
+                await asyncio.sleep(0.05)
+            return run
         finally:
             await survivor.close()
             crashed._local.clear()
