@@ -178,8 +178,9 @@ class SesameIngress:
         await self._runs.close()
 
     async def _workflow(self, request: Request) -> tuple[Workflow, Any]:
-        body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes))
-        return validate_request(body, self._known_kinds, hygiene), body
+        limits = self._settings.limits
+        body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes), limits)
+        return validate_request(body, self._known_kinds, hygiene, limits), body
 
     async def _start(self, request: Request, idempotency_key: str | None,
                      stream_tokens: bool) -> tuple[Workflow, str, bool]:

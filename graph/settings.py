@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from graph.limits import DEFAULT_LIMITS, Limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SESAME_", extra="ignore")
@@ -20,6 +22,19 @@ class Settings(BaseSettings):
     workers: int = Field(2, ge=1, description="Node-worker actors in the pool (spread over the cluster).")
     worker_concurrency: int = Field(1000, ge=1, description="Concurrent node calls per worker actor.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
+
+    # Limits on one request (graph.limits; why these defaults: docs/design.md §9). Over one: a 422.
+    max_json_depth: int = Field(DEFAULT_LIMITS.max_json_depth, ge=4, le=500,
+                                description="Nesting of arrays and objects in the body.")
+    max_nodes: int = Field(DEFAULT_LIMITS.max_nodes, ge=1, description="Nodes in one agent_config.")
+    max_depth: int = Field(DEFAULT_LIMITS.max_depth, ge=1, description="Nodes on the longest chain of a graph.")
+    max_children: int = Field(DEFAULT_LIMITS.max_children, ge=1, description="Children of one node.")
+    max_text_chars: int = Field(DEFAULT_LIMITS.max_text_chars, ge=1,
+                                description="Characters of user_query and of each template as sent.")
+    max_rendered_chars: int = Field(DEFAULT_LIMITS.max_rendered_chars, ge=1,
+                                    description="Characters of one node's prompt or arguments once rendered.")
+    max_output_chars: int = Field(DEFAULT_LIMITS.max_output_chars, ge=1,
+                                  description="Characters of one node's output (as JSON if structured) kept in a run.")
 
     llm_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
     tool_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Composio call.")
@@ -62,3 +77,7 @@ class Settings(BaseSettings):
     memory_max_chars: int = Field(20_000, ge=0, description="Characters of earlier turns given to an LLM node.")
     sse_keepalive_s: float = Field(15.0, gt=0, description="Idle time after which an event stream sends a keep-alive.")
     composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(**{name: getattr(self, name) for name in Limits.__dataclass_fields__})
