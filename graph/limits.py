@@ -99,6 +99,12 @@ def listed(items: list[str], shown: int = 10) -> str:
 
 
 def short(text: str, chars: int = 80) -> str:
-    """User text repeated in a message: printable (lone surrogates escaped) and bounded."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """User text repeated in a message: encodable and bounded."""
+    text = encodable(text)
     return text if len(text) <= chars else f"{text[:chars]}… ({len(text):,} characters)"
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates escaped (`\\ud800`): an answer that repeats one could not
+    be encoded as UTF-8 — that was a 500."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from graph.errors import InvalidRequest, MalformedJSON
-from graph.limits import DEFAULT_LIMITS, Limits, listed, longest_chain, nesting_over, short
+from graph.limits import (DEFAULT_LIMITS, Limits, encodable, listed, longest_chain, nesting_over,
+                          short)
 from graph.schema import SPEC_BY_TYPE, LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
 from graph.templates import referenced_nodes, strings_in
 from graph.workflow import Workflow
@@ -44,7 +45,8 @@ class _Problems:
 
     def add(self, node_id: NodeId | None, field: str, message: str) -> None:
         if len(self.items) < MAX_PROBLEMS:
-            self.items.append({"node_id": node_id, "field": field, "message": message})
+            self.items.append({"node_id": None if node_id is None else encodable(node_id),
+                               "field": encodable(field), "message": encodable(message)})
         else:
             self.dropped += 1
 
@@ -102,6 +104,10 @@ def parse_body(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, list[d
     """Parse the body. Returns the JSON value and the hygiene problems (duplicate keys, lone
     surrogates, numbers out of range); raises `MalformedJSON` when it is not JSON at all and
     `InvalidRequest` when it nests deeper than `limits.max_json_depth`."""
+    try:  # strictly UTF-8 (a BOM is tolerated): json.loads would also guess UTF-16 and -32
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MalformedJSON(f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
     depth = nesting_over(raw, limits.max_json_depth)
     if depth is not None:
         message = (f"the body nests arrays and objects {depth:,} levels deep; at most "
@@ -109,10 +115,8 @@ def parse_body(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, list[d
         raise InvalidRequest(f"1 problem in the request; first: (body): {message}",
                              [{"node_id": None, "field": "(body)", "message": message}])
     try:
-        value = json.loads(raw, object_pairs_hook=_object, parse_constant=_constant,
+        value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant,
                            parse_float=_float, parse_int=_int)
-    except UnicodeDecodeError as exc:
-        raise MalformedJSON(f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise MalformedJSON(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
                             f"column {exc.colno}") from None

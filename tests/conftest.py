@@ -40,3 +40,12 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sesame.db'}"
     return _fresh_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.hostile import SERVER_ERRORS, TRIED
+
+    if TRIED:
+        kinds = ", ".join(f"{source} {count:,}" for source, count in sorted(TRIED.items()))
+        terminalreporter.write_line(f"hostile inputs tried: {sum(TRIED.values()):,} ({kinds}); "
+                                    f"5xx answers: {len(SERVER_ERRORS)}")
