@@ -18,7 +18,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 
 from graph import logs
 from graph.errors import BodyTooLarge, InvalidRequest, SesameError
+from graph.events import EventType
 from graph.runs import RunService
 from graph.runtime import RayRunner
 from graph.schema import (ConversationResponse, ErrorResponse, RunAccepted, RunRequest,
@@ -139,6 +140,11 @@ def _quoted(text: str) -> str:
 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 422)}
+_EVENTS = {"text/event-stream": {"schema": {  # one event, as an SSE parser reads it
+    "type": "object", "required": ["id", "event", "data"], "properties": {
+        "id": {"type": "string", "description": "the event's number in its run: 1, 2, 3, ..."},
+        "event": {"type": "string", "enum": list(get_args(EventType))},
+        "data": {"type": "string", "description": "JSON: run_id, seq, at and the event's fields"}}}}}
 _RUN_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/RunRequest"}}}}}
 # Ids in URLs obey the rules of ids in bodies (graph.validation.identifier_problem): short, no
@@ -235,7 +241,8 @@ class SesameIngress:
             request_hash=_body_hash(body) if key else None)
         return workflow, run_id, started
 
-    @api.post("/", response_model=RunResponse, responses=_ERRORS, openapi_extra=_RUN_BODY,
+    @api.post("/", response_model=RunResponse, responses={**_ERRORS, 200: {"content": _EVENTS}},
+              openapi_extra=_RUN_BODY,
               summary="Run a workflow and answer with every node's output (or stream its events)")
     async def run(self, request: Request,
                   idempotency_key: Annotated[str | None, Header()] = None) -> Any:
@@ -271,7 +278,8 @@ class SesameIngress:
     async def get_run(self, run_id: RunId, user_id: UserId) -> JSONResponse:
         return JSONResponse((await self._runs.get(run_id, TENANT, user_id)).model_dump(mode="json"))
 
-    @api.get("/runs/{run_id}/events", responses=_ERRORS,
+    @api.get("/runs/{run_id}/events", responses={**_ERRORS, 200: {"content": _EVENTS}},
+             response_class=StreamingResponse,
              summary="The run's events as Server-Sent Events (resumable with Last-Event-ID)")
     async def run_events(self, run_id: RunId, user_id: UserId,
                          last_event_id: Annotated[str | None, Header()] = None,

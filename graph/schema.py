@@ -23,8 +23,13 @@ def _absent_if_none_marker(value: Any) -> Any:
 Optional = BeforeValidator(_absent_if_none_marker)
 
 
+def _type_is_required(schema: dict[str, Any]) -> None:
+    # `type` has a default so that Python code may leave it out, but a request must send it.
+    schema["required"] = ["type", *schema.get("required", [])]
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra=_type_is_required)
 
     id: NodeId
     name: str = ""

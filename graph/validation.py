@@ -168,7 +168,7 @@ def _where(path: Path) -> tuple[NodeId | None, str]:
 
 
 def _field(parts: list[str | int]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{short(part)}"
+    return "".join(f"[{part}]" if isinstance(part, int) else "." + (short(part) or '""')
                    for part in parts).removeprefix(".")
 
 
