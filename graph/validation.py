@@ -1,9 +1,8 @@
 """Request → `Workflow`, or every problem at once (DESIGN §2, §3).
 
-Pure: no I/O, no provider calls. `parse_body` turns the raw HTTP body into JSON (400 for bytes
-that are not JSON; nesting deeper than `SESAME_MAX_JSON_DEPTH`, duplicate keys, lone
-surrogates and numbers no JSON peer can read are 422 problems, not silently accepted);
-`validate_request` checks fields, kinds, edges, cycles, templates and the limits of
+Pure: no I/O, no provider calls. `parse_body` (graph.body, re-exported here) turns the raw HTTP
+body into JSON and the problems JSON itself has (duplicate keys, lone surrogates, numbers out of
+range); `validate_request` checks fields, kinds, edges, cycles, templates and the limits of
 `graph.limits` and either returns a `Workflow` the scheduler can trust or raises
 `InvalidRequest` listing every problem found (the first `MAX_PROBLEMS` of them).
 
@@ -13,15 +12,14 @@ with the size of the graph (ids and lists are shortened).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
 
-from graph.errors import InvalidRequest, MalformedJSON
-from graph.limits import (DEFAULT_LIMITS, Limits, encodable, listed, longest_chain, nesting_over,
-                          short)
+from graph.body import MAX_ID_LENGTH, MAX_PROBLEMS, BadNumber, Problems, parse_body
+from graph.errors import InvalidRequest
+from graph.limits import DEFAULT_LIMITS, Limits, listed, longest_chain, short
 from graph.schema import SPEC_BY_TYPE, LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
 from graph.templates import referenced_nodes, strings_in
 from graph.workflow import Workflow
@@ -29,162 +27,7 @@ from graph.workflow import Workflow
 KindKey = tuple[str, str]
 RESERVED_PARAMETERS = ("model", "messages", "tools", "stream")
 RUN_FIELDS = ("user_query", "user_id", "conversation_id")
-MAX_ID_LENGTH = 256  # ids are stored as keys (graph.store_schema)
-MAX_PROBLEMS = 100   # listed in one answer; the rest are counted
-INT64 = 2**63        # integers must fit a signed 64-bit integer (what most JSON peers read)
-Path = tuple[Any, ...] | None  # (parent path, key or index), built only when a problem needs it
-
-
-class _Problems:
-    """Collects `{"node_id", "field", "message"}` entries in the order they are found; past
-    `MAX_PROBLEMS` it only counts them (a million bad children must not make a huge answer)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.dropped = 0
-
-    def add(self, node_id: NodeId | None, field: str, message: str) -> None:
-        if len(self.items) < MAX_PROBLEMS:
-            self.items.append({"node_id": None if node_id is None else encodable(node_id),
-                               "field": encodable(field), "message": encodable(message)})
-        else:
-            self.dropped += 1
-
-    def extend(self, items: list[dict[str, Any]]) -> None:
-        for item in items:
-            self.add(item["node_id"], item["field"], item["message"])
-
-
-class _Object(dict):  # type: ignore[type-arg]
-    """A JSON object that remembers the keys it was sent more than once (json.loads would keep
-    the last value silently: a client bug that would run a different graph than it sent)."""
-
-    __slots__ = ("duplicates",)
-
-
-def _object(pairs: list[tuple[str, Any]]) -> _Object:
-    result = _Object()
-    result.duplicates = []
-    for key, value in pairs:
-        if key in result:
-            result.duplicates.append(key)
-        result[key] = value
-    return result
-
-
-class _BadNumber:
-    """Stands in for a number no JSON peer can read, so the walk can name its field."""
-
-    def __init__(self, problem: str):
-        self.problem = problem
-
-
-def _constant(name: str) -> _BadNumber:
-    return _BadNumber(f"{name} is not JSON (Python's json accepts it; JSON does not); send a "
-                      "finite number, or a string")
-
-
-def _float(text: str) -> float | _BadNumber:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        return _BadNumber(f"the number {short(text, 40)} is out of range; numbers must be finite "
-                          "64-bit floating point")
-    return value
-
-
-def _int(text: str) -> int | _BadNumber:
-    value = int(text) if len(text) <= 20 else None
-    if value is None or not -INT64 <= value < INT64:
-        return _BadNumber(f"the integer {short(text, 40)} is out of range; integers must fit in "
-                          "64 bits")
-    return value
-
-
-def parse_body(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, list[dict[str, Any]]]:
-    """Parse the body. Returns the JSON value and the hygiene problems (duplicate keys, lone
-    surrogates, numbers out of range); raises `MalformedJSON` when it is not JSON at all and
-    `InvalidRequest` when it nests deeper than `limits.max_json_depth`."""
-    try:  # strictly UTF-8 (a BOM is tolerated): json.loads would also guess UTF-16 and -32
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise MalformedJSON(f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
-    depth = nesting_over(raw, limits.max_json_depth)
-    if depth is not None:
-        message = (f"the body nests arrays and objects {depth:,} levels deep; at most "
-                   f"{limits.max_json_depth} are allowed (SESAME_MAX_JSON_DEPTH)")
-        raise InvalidRequest(f"1 problem in the request; first: (body): {message}",
-                             [{"node_id": None, "field": "(body)", "message": message}])
-    try:
-        value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant,
-                           parse_float=_float, parse_int=_int)
-    except json.JSONDecodeError as exc:
-        raise MalformedJSON(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                            f"column {exc.colno}") from None
-    except (RecursionError, ValueError) as exc:
-        raise MalformedJSON(f"the body is not valid JSON ({type(exc).__name__})") from None
-    problems = _Problems()
-    for path, message in _hygiene(value):
-        problems.add(*_where(path), message)
-    return value, problems.items + _summary(problems)
-
-
-def _hygiene(value: Any) -> Iterator[tuple[Path, str]]:
-    """Every string, key and number the body should not have, in document order, walked with
-    a stack (not recursion) although parse_body bounds the depth."""
-    stack: list[tuple[Path, Any]] = [(None, value)]
-    while stack:
-        path, item = stack.pop()
-        if isinstance(item, str):
-            if not _is_valid_unicode(item):
-                yield path, "invalid Unicode (a lone surrogate); send valid UTF-8 text"
-        elif isinstance(item, _BadNumber):
-            yield path, item.problem
-        elif isinstance(item, list):
-            stack.extend(((path, index), v) for index, v in reversed(list(enumerate(item))))
-        elif isinstance(item, dict):
-            for key in dict.fromkeys(getattr(item, "duplicates", ())):
-                yield (path, key), f'duplicate key "{short(key)}" in a JSON object; send each key once'
-            children = []
-            for key, v in item.items():
-                if _is_valid_unicode(key):
-                    children.append(((path, key), v))
-                else:
-                    yield (path, key), "invalid Unicode (a lone surrogate) in a key; send valid UTF-8 text"
-            stack.extend(reversed(children))
-
-
-def _where(path: Path) -> tuple[NodeId | None, str]:
-    """`(node_id, field)` of a place in the body: inside a node, the node's id and the field
-    within it (`"1", "children[0]"`), as every other problem names it; elsewhere `(None,
-    "user_query")`, `(None, "(body)")` for the body itself."""
-    parts: list[str | int] = []
-    while path is not None:
-        path, key = path
-        parts.append(key)
-    parts.reverse()
-    if len(parts) >= 2 and parts[0] == "agent_config" and isinstance(parts[1], str):
-        return short(parts[1], MAX_ID_LENGTH), _field(parts[2:]) if len(parts) > 2 else "(node)"
-    return None, _field(parts) if parts else "(body)"
-
-
-def _field(parts: list[str | int]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else "." + (short(part) or '""')
-                   for part in parts).removeprefix(".")
-
-
-def _is_valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _summary(problems: _Problems) -> list[dict[str, Any]]:
-    if not problems.dropped:
-        return []
-    return [{"node_id": None, "field": "(request)",
-             "message": f"{problems.dropped:,} more problems are not listed (at most {MAX_PROBLEMS})"}]
+__all__ = ["MAX_PROBLEMS", "identifier_problem", "parse_body", "validate_request"]
 
 
 def validate_request(body: Any, known_kinds: Iterable[KindKey],
@@ -192,7 +35,7 @@ def validate_request(body: Any, known_kinds: Iterable[KindKey],
                      limits: Limits = DEFAULT_LIMITS) -> Workflow:
     """Check everything that can be checked without running anything. `body` is a JSON value
     (from `parse_body`, or built in Python); `hygiene` the problems `parse_body` found in it."""
-    problems = _Problems()
+    problems = Problems()
     problems.extend(hygiene or [])
     if not isinstance(body, dict):
         problems.add(None, "(body)", f"the body must be a JSON object, got {_json_type(body)}")
@@ -213,8 +56,8 @@ def validate_request(body: Any, known_kinds: Iterable[KindKey],
     return workflow
 
 
-def _raise(problems: _Problems) -> None:
-    items = problems.items + _summary(problems)
+def _raise(problems: Problems) -> None:
+    items = problems.listed()
     first = items[0]
     where = f'node "{first["node_id"]}" ' if first["node_id"] is not None else ""
     count = len(problems.items) + problems.dropped
@@ -223,9 +66,10 @@ def _raise(problems: _Problems) -> None:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", _Object: "an object", list: "an array", str: "a string",
-             bool: "a boolean", int: "a number", float: "a number", _BadNumber: "a number",
-             type(None): "null"}
+    if isinstance(value, dict):  # also the objects parse_body makes
+        return "an object"
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", BadNumber: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -234,7 +78,7 @@ def _echo(value: Any) -> str:
     return f'"{short(value)}"' if isinstance(value, str) else _json_type(value)
 
 
-def _run_fields(body: dict[str, Any], limits: Limits, problems: _Problems) -> dict[str, str] | None:
+def _run_fields(body: dict[str, Any], limits: Limits, problems: Problems) -> dict[str, str] | None:
     values: dict[str, str] = {}
     for name in RUN_FIELDS:
         value = body.get(name)
@@ -273,7 +117,7 @@ def _text_problem(text: str, limits: Limits) -> str | None:
 
 
 def _node_specs(config: Any, known_kinds: set[KindKey], limits: Limits,
-                problems: _Problems) -> dict[NodeId, NodeSpec] | None:
+                problems: Problems) -> dict[NodeId, NodeSpec] | None:
     if config is None:
         problems.add(None, "agent_config", "agent_config is required: an object {node_id: node}")
         return None
@@ -304,7 +148,7 @@ def _node_specs(config: Any, known_kinds: set[KindKey], limits: Limits,
     return specs if len(specs) == len(config) else None
 
 
-def _node_spec(key: str, node: Any, problems: _Problems) -> NodeSpec | None:
+def _node_spec(key: str, node: Any, problems: Problems) -> NodeSpec | None:
     if not isinstance(node, dict):
         problems.add(key, "(node)", f"node must be an object, got {_json_type(node)}")
         return None
@@ -339,7 +183,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return path or "(node)"
 
 
-def _unknown_kind(spec: NodeSpec, known_kinds: set[KindKey], problems: _Problems) -> None:
+def _unknown_kind(spec: NodeSpec, known_kinds: set[KindKey], problems: Problems) -> None:
     family, name = spec.kind
     field = "provider_name" if isinstance(spec, LLMNodeSpec) else "tool_type"
     given = spec.provider_name if isinstance(spec, LLMNodeSpec) else spec.tool_type
@@ -348,7 +192,7 @@ def _unknown_kind(spec: NodeSpec, known_kinds: set[KindKey], problems: _Problems
                  + (", ".join(f'"{k}"' for k in known) or "none"))
 
 
-def _check_texts(spec: NodeSpec, limits: Limits, problems: _Problems) -> None:
+def _check_texts(spec: NodeSpec, limits: Limits, problems: Problems) -> None:
     """Templates are at most `max_text_chars` each (what they render to is checked when the
     node starts: `SESAME_MAX_RENDERED_CHARS`)."""
     if isinstance(spec, LLMNodeSpec):
@@ -384,7 +228,7 @@ def _raw_children(config: dict[str, Any]) -> dict[NodeId, list[NodeId]]:
     return edges
 
 
-def _check_edges(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: _Problems) -> None:
+def _check_edges(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: Problems) -> None:
     known = listed(list(edges))
     for node_id, children in edges.items():
         if len(children) > limits.max_children:
@@ -407,7 +251,7 @@ def _check_edges(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: _P
         _check_depth(edges, limits, problems)
 
 
-def _check_depth(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: _Problems) -> None:
+def _check_depth(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: Problems) -> None:
     """The longest chain is at most `max_depth` nodes; the problem names the edge that makes
     it one node too long."""
     chain = longest_chain(edges)
@@ -464,7 +308,7 @@ def _cycles(edges: dict[NodeId, list[NodeId]], keep: int) -> tuple[list[list[Nod
     return cycles, count
 
 
-def _check_bindings_and_templates(workflow: Workflow, problems: _Problems) -> None:
+def _check_bindings_and_templates(workflow: Workflow, problems: Problems) -> None:
     ancestors: dict[NodeId, set[NodeId]] = {}  # per node, computed once: templates may repeat refs
     for node_id, spec in workflow.nodes.items():
         if isinstance(spec, LLMNodeSpec):
@@ -487,7 +331,7 @@ def _check_bindings_and_templates(workflow: Workflow, problems: _Problems) -> No
 
 
 def _tool_templates(workflow: Workflow, spec: ToolNodeSpec,
-                    problems: _Problems) -> list[tuple[str, str | None]]:
+                    problems: Problems) -> list[tuple[str, str | None]]:
     if workflow.llm_parents(spec.id):
         return []
     if spec.action is None:
@@ -500,7 +344,7 @@ def _tool_templates(workflow: Workflow, spec: ToolNodeSpec,
 
 
 def _check_reference(workflow: Workflow, node_id: NodeId, field: str, ref: str,
-                     ancestors: set[NodeId], problems: _Problems) -> None:
+                     ancestors: set[NodeId], problems: Problems) -> None:
     if ref not in workflow.nodes:
         problems.add(node_id, field, f'{{node.{short(ref)}}} names "{short(ref)}", which is not in '
                      "agent_config")

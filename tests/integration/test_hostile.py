@@ -8,7 +8,6 @@ answer at once; `tests.hostile` counts them for the session summary.
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import uuid
@@ -220,6 +219,19 @@ def test_sizes_over_the_limits(client, openai_stub):
         invalid("a 257-character node id", body(llm("n" * 257)), "n" * 256 + "… (257 characters)", "id"),
     ])
     assert openai_stub.requests == []
+
+
+def test_answers_do_not_grow_with_the_graph(client):
+    """Each unknown child's message once listed every node id: 8,000 nodes in 0.85 MB made a
+    700 MB answer and 2 GB of memory (quadratic)."""
+    def lost(n: int, children: int) -> dict:
+        return body(*({"id": f"n{i}", "type": "LLM", "provider_name": "OpenAI", "model_name": "m",
+                       "children": ["zz"] * children} for i in range(n)))
+    responses = check(client, [
+        invalid("8,000 nodes with an unknown child each", lost(8_000, 1), None, "agent_config"),  # was a hang
+        invalid("1,000 nodes with 100 unknown children each", lost(1_000, 100), "n0", "children[0]"),
+    ])
+    assert all(len(r.content) < 50_000 for r in responses), [len(r.content) for r in responses]
 
 
 def test_control_characters_in_ids_are_422(client):
