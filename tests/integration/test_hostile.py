@@ -221,6 +221,23 @@ def test_sizes_over_the_limits(client, openai_stub):
     assert openai_stub.requests == []
 
 
+def test_a_graph_at_every_limit_at_once_runs(client, openai_stub):
+    """1,000 nodes; a chain of 100; 500 children of one node: what the defaults let through,
+    this machine runs (the answer is ~1 MB)."""
+    chain = [f"c{i}" for i in range(100)]
+    fan = [f"f{i}" for i in range(499)]
+    late = [f"g{i}" for i in range(401)]
+    nodes = [llm(c, [chain[i + 1]] if i < 99 else [], prompt_template="{node.c0} {input}" if i else "{input}")
+             for i, c in enumerate(chain)]
+    nodes[0]["children"] += fan
+    nodes[50]["children"] += late
+    nodes += [llm(n, prompt_template="x") for n in fan + late]
+    [response] = check(client, [Case("1,000 nodes, depth 100, 500 children", json=body(*nodes))])
+    run = response.json()
+    assert run["status"] == "succeeded" and len(run["nodes"]) == 1_000
+    assert len(openai_stub.requests) == 1_000
+
+
 def test_answers_do_not_grow_with_the_graph(client):
     """Each unknown child's message once listed every node id: 8,000 nodes in 0.85 MB made a
     700 MB answer and 2 GB of memory (quadratic)."""
