@@ -15,11 +15,12 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -31,6 +32,7 @@ from graph.auth import Authenticator, ConfigurationError
 from graph.batch import read_items
 from graph.batch_jobs import BatchJobs
 from graph.errors import BodyTooLarge, InvalidRequest, MalformedJSON, SesameError
+from graph.events import EventType
 from graph.runs import RunService
 from graph.runtime import RayRunner
 from graph.schema import (ConversationResponse, ErrorResponse, RunAccepted, RunRequest,
@@ -120,7 +122,7 @@ def _body_hash(body: Any) -> str:
 def _last_event_id(header: str | None, after: int | None) -> int:
     if header is None:
         return after or 0
-    if not header.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,18}", header.strip()):  # an event number the store can hold
         raise InvalidRequest("the Last-Event-ID header is invalid", [{
             "node_id": None, "field": "Last-Event-ID",
             "message": f"Last-Event-ID must be the id of an event (a whole number), got {header[:40]!r}"}])
@@ -140,9 +142,21 @@ def _quoted(text: str) -> str:
 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 422)}
+_EVENTS = {"text/event-stream": {"schema": {  # one event, as an SSE parser reads it
+    "type": "object", "required": ["id", "event", "data"], "properties": {
+        "id": {"type": "string", "description": "the event's number in its run: 1, 2, 3, ..."},
+        "event": {"type": "string", "enum": list(get_args(EventType))},
+        "data": {"type": "string", "description": "JSON: run_id, seq, at and the event's fields"}}}}}
 _RUN_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/RunRequest"}}}}}
-UserId = Annotated[str, Query(min_length=1, description="The user the run or conversation belongs to.")]
+# Ids in URLs obey the rules of ids in bodies (graph.validation.identifier_problem): short, no
+# control characters (PostgreSQL refuses a NUL in a query parameter: that was a 500).
+_ID = r"^[^\x00-\x1f\x7f-\x9f]+$"
+UserId = Annotated[str, Query(min_length=1, max_length=256, pattern=_ID,
+                              description="The user the run or conversation belongs to.")]
+RunId = Annotated[str, Path(max_length=256, pattern=_ID)]
+ConversationId = Annotated[str, Path(max_length=256, pattern=_ID)]
+MAX_EVENT_SEQ = 10**18 - 1  # `after` beyond what the store's integers hold was a 500
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -157,6 +171,42 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components["RunRequest"] = request_schema
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+class _HeadersServeCanRead:
+    """ASGI middleware for Ray Serve's HTTP proxy, which decodes X-Request-ID, X-Session-ID and
+    serve_multiplexed_model_id as UTF-8 before our app sees the request and answers a bare 500
+    when one is not (Ray 2.60). Such a header is dropped (Serve makes a request id of its own)."""
+
+    _DECODED = {b"x_request_id", b"x_session_id", b"serve_multiplexed_model_id"}
+
+    def __init__(self, app: Any):
+        self._app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if self._readable(k, v)]}
+        await self._app(scope, receive, send)
+
+    def _readable(self, key: bytes, value: bytes) -> bool:
+        if key.lower().replace(b"-", b"_") not in self._DECODED:
+            return True
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
+
+
+def proxy_middlewares() -> list[Any]:
+    """Loaded by Serve's HTTP proxy through `PROXY_ENVIRONMENT`."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(_HeadersServeCanRead)]
+
+
+# Set in the environment of the process that starts Ray (the proxy inherits it).
+PROXY_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app:proxy_middlewares"}
 
 
 # Set before `serve.ingress`, which pickles a copy of the app; the partial travels with it.
@@ -182,8 +232,9 @@ class SesameIngress:
         await self._runs.close()
 
     async def _workflow(self, request: Request) -> tuple[Workflow, Any]:
-        body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes))
-        return validate_request(body, self._known_kinds, hygiene), body
+        limits = self._settings.limits
+        body, hygiene = parse_body(await _read_body(request, self._settings.max_body_bytes), limits)
+        return validate_request(body, self._known_kinds, hygiene, limits), body
 
     def _tenant(self, request: Request) -> str:
         return self._auth.tenant(request.headers.get("authorization"))
@@ -198,7 +249,8 @@ class SesameIngress:
             request_hash=_body_hash(body) if key else None)
         return tenant, workflow, run_id, started
 
-    @api.post("/", response_model=RunResponse, responses=_ERRORS, openapi_extra=_RUN_BODY,
+    @api.post("/", response_model=RunResponse, responses={**_ERRORS, 200: {"content": _EVENTS}},
+              openapi_extra=_RUN_BODY,
               summary="Run a workflow and answer with every node's output (or stream its events)")
     async def run(self, request: Request,
                   idempotency_key: Annotated[str | None, Header()] = None) -> Any:
@@ -231,15 +283,16 @@ class SesameIngress:
 
     @api.get("/runs/{run_id}", response_model=RunResponse, responses=_ERRORS,
              summary="A run as it stands (the same shape as POST /)")
-    async def get_run(self, request: Request, run_id: str, user_id: UserId) -> JSONResponse:
+    async def get_run(self, request: Request, run_id: RunId, user_id: UserId) -> JSONResponse:
         run = await self._runs.get(run_id, self._tenant(request), user_id)
         return JSONResponse(run.model_dump(mode="json"))
 
-    @api.get("/runs/{run_id}/events", responses=_ERRORS,
+    @api.get("/runs/{run_id}/events", responses={**_ERRORS, 200: {"content": _EVENTS}},
+             response_class=StreamingResponse,
              summary="The run's events as Server-Sent Events (resumable with Last-Event-ID)")
-    async def run_events(self, request: Request, run_id: str, user_id: UserId,
+    async def run_events(self, request: Request, run_id: RunId, user_id: UserId,
                          last_event_id: Annotated[str | None, Header()] = None,
-                         after: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+                         after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_SEQ)] = None) -> StreamingResponse:
         tenant = self._tenant(request)
         after_seq = _last_event_id(last_event_id, after)
         await self._runs.get(run_id, tenant, user_id)  # a 404 before the stream starts
@@ -247,7 +300,7 @@ class SesameIngress:
 
     @api.post("/runs/{run_id}/cancel", response_model=RunResponse, responses=_ERRORS,
               summary="Cancel a run; answers with the run once it stopped")
-    async def cancel_run(self, request: Request, run_id: str, user_id: UserId) -> JSONResponse:
+    async def cancel_run(self, request: Request, run_id: RunId, user_id: UserId) -> JSONResponse:
         run = await self._runs.cancel(run_id, self._tenant(request), user_id)
         return JSONResponse(run.model_dump(mode="json"))
 
@@ -263,7 +316,7 @@ class SesameIngress:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MalformedJSON(f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON Lines") from None
-        items = list(read_items(text.splitlines(), self._known_kinds))
+        items = list(read_items(text.splitlines(), self._known_kinds, limits=self._settings.limits))
         if not items:
             raise InvalidRequest("the batch is empty", [{"node_id": None, "field": "(body)",
                                                         "message": "send one request (a POST / body) per line"}])
@@ -279,7 +332,7 @@ class SesameIngress:
 
     @api.get("/conversations/{conversation_id}", response_model=ConversationResponse,
              responses=_ERRORS, summary="The turns of a conversation, oldest first")
-    async def conversation(self, request: Request, conversation_id: str, user_id: UserId) -> JSONResponse:
+    async def conversation(self, request: Request, conversation_id: ConversationId, user_id: UserId) -> JSONResponse:
         turns = await self._runs.conversation(self._tenant(request), user_id, conversation_id)
         return JSONResponse(turns.model_dump(mode="json"))
 
@@ -347,6 +400,8 @@ def main() -> None:
         # Replicas may run in another directory: pin the default file to this one.
         path = Path(settings.database_url.removeprefix("sqlite:///")).resolve()
         os.environ["SESAME_DATABASE_URL"] = f"sqlite:///{path}"
+    for name, value in PROXY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     logging.getLogger("ray.serve").addFilter(
         lambda record: "Connecting to existing Serve app" not in record.getMessage())
     ray.init(address=settings.ray_address, include_dashboard=False)

@@ -86,7 +86,7 @@ async def _batch(args: argparse.Namespace) -> int:
     try:
         with args.input.open(encoding="utf-8", errors="surrogateescape") as lines, \
                 args.out.open("a", encoding="utf-8") as out:
-            await run_batch(read_items(lines, known, skip), lambda item: run_workflow(item.workflow, runner),
+            await run_batch(read_items(lines, known, skip, settings.limits), lambda item: run_workflow(item.workflow, runner),
                             args.concurrency, lambda result: _write(out, result), progress)
     finally:
         ticker.cancel()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graph.errors import InvalidRequest, MalformedJSON
+from graph.limits import DEFAULT_LIMITS, Limits
 from graph.schema import RunResponse
 from graph.validation import parse_body, validate_request
 from graph.workflow import Workflow
@@ -70,16 +71,16 @@ class Progress:
                 "p95_ms": round(durations[int(0.95 * (len(durations) - 1))], 1) if durations else None}
 
 
-def read_items(lines: Iterable[str], known_kinds: Any,
-               skip: set[int] | frozenset[int] = frozenset()) -> Iterator[BatchItem]:
+def read_items(lines: Iterable[str], known_kinds: Any, skip: set[int] | frozenset[int] = frozenset(),
+               limits: Limits = DEFAULT_LIMITS) -> Iterator[BatchItem]:
     """One item per non-blank line not in `skip`, validated the way `POST /` validates
     (`known_kinds` as `validate_request` takes it: the registry's `known()`)."""
     for number, line in enumerate(lines, start=1):
         if number in skip or not line.strip():
             continue
         try:
-            body, hygiene = parse_body(line.encode("utf-8", "surrogatepass"))
-            yield BatchItem(number, workflow=validate_request(body, known_kinds, hygiene))
+            body, hygiene = parse_body(line.encode("utf-8", "surrogatepass"), limits)
+            yield BatchItem(number, workflow=validate_request(body, known_kinds, hygiene, limits))
         except InvalidRequest as exc:
             yield BatchItem(number, problems=exc.problems)
         except MalformedJSON as exc:

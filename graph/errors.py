@@ -14,6 +14,7 @@
     │   │                            HTTP error (the run still answers 200)
     │   ├── ProviderError            the model/tool provider answered with an error
     │   ├── NodeTimeout              the node's call did not finish in time (retryable)
+    │   ├── PromptTooLarge           a rendered prompt is over SESAME_MAX_RENDERED_CHARS
     │   └── ToolCallFailed           a tool call ran and reported failure
     └── InternalError                500: our own bug, never the caller's mistake
 
@@ -147,6 +148,13 @@ class ProviderError(NodeError):
 
 class NodeTimeout(NodeError):
     code = "node_timeout"
+
+
+class PromptTooLarge(NodeError):
+    """Raised by `graph.templates` when a node's prompt or arguments would render to more than
+    SESAME_MAX_RENDERED_CHARS characters; the scheduler fails the node with it (not retryable)."""
+
+    code = "prompt_too_large"
 
 
 class ToolCallFailed(NodeError):

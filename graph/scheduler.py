@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from graph.errors import PromptTooLarge
 from graph.kinds import RunContext, Turn
 from graph.schema import ErrorInfo, LLMNodeSpec, NodeId, NodeResult, ToolCall, ToolNodeSpec
 from graph.templates import referenced_nodes, render, render_value, strings_in
@@ -120,9 +121,12 @@ class Scheduler:
         return results
 
     async def _start(self, node_id: NodeId) -> NodeResult:
-        task = self._task_for(node_id)
         self._started_at[node_id] = time.time()
         self._observer.node_started(node_id)
+        try:
+            task = self._task_for(node_id)
+        except PromptTooLarge as exc:  # over SESAME_MAX_RENDERED_CHARS: fail before building it
+            return _failed(self._workflow, node_id, exc, self._started_at[node_id])
         if self._options.stream_tokens and isinstance(task.spec, LLMNodeSpec):
             return await self._runner.run(task, on_token=functools.partial(self._observer.token, node_id))
         return await self._runner.run(task)
@@ -174,16 +178,18 @@ class Scheduler:
         if isinstance(spec, LLMNodeSpec):
             template = spec.prompt_template if spec.prompt_template is not None else "{input}"
             outputs = self._outputs_for(template, spec.system_prompt or "")
-            system = render(spec.system_prompt, variables, outputs) if spec.system_prompt else None
+            limit = self._workflow.limits.max_rendered_chars
+            system = render(spec.system_prompt, variables, outputs, limit) if spec.system_prompt else None
             history = self._options.history if self._workflow.reads_memory(node_id) else ()
-            return NodeTask(spec=spec, context=self._context, prompt=render(template, variables, outputs),
+            return NodeTask(spec=spec, context=self._context, prompt=render(template, variables, outputs, limit),
                             system_prompt=system, tools=tuple(self._workflow.tool_children(node_id)),
                             history=history)
         if self._workflow.llm_parents(node_id):
             return NodeTask(spec=spec, context=self._context, calls=tuple(self._routed_calls(node_id)))
         outputs = self._outputs_for(*strings_in(spec.arguments or {}))
         call = ToolCall(id=f"{node_id}-call-1", action=spec.action or "", node_id=node_id,
-                        arguments=render_value(spec.arguments or {}, variables, outputs))
+                        arguments=render_value(spec.arguments or {}, variables, outputs,
+                                               self._workflow.limits.max_rendered_chars))
         return NodeTask(spec=spec, context=self._context, calls=(call,))
 
     def _outputs_for(self, *templates: str) -> dict[NodeId, str]:
@@ -195,3 +201,10 @@ class Scheduler:
 def _skipped(workflow: Workflow, node_id: NodeId, reason: str) -> NodeResult:
     spec = workflow.nodes[node_id]
     return NodeResult(id=node_id, name=spec.name, type=spec.type, status="skipped", skip_reason=reason)
+
+
+def _failed(workflow: Workflow, node_id: NodeId, exc: PromptTooLarge, started: float) -> NodeResult:
+    spec, now = workflow.nodes[node_id], time.time()
+    return NodeResult(id=node_id, name=spec.name, type=spec.type, status="failed",
+                      error=ErrorInfo(code=exc.error_code, message=exc.message, retryable=False),
+                      started_at=started, finished_at=now, duration_ms=round((now - started) * 1000, 3))

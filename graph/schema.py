@@ -33,8 +33,13 @@ class RetryPolicy(BaseModel):
     max_delay_s: float | None = Field(None, ge=0, le=300)
 
 
+def _type_is_required(schema: dict[str, Any]) -> None:
+    # `type` has a default so that Python code may leave it out, but a request must send it.
+    schema["required"] = ["type", *schema.get("required", [])]
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra=_type_is_required)
 
     id: NodeId
     name: str = ""
@@ -71,7 +76,9 @@ class ToolNodeSpec(_Spec):
     input_schema: Annotated[dict[str, Any] | None, Optional] = None
     action: Annotated[str | None, Optional] = None
     arguments: Annotated[dict[str, Any] | None, Optional] = None
-    code: Annotated[str | None, Optional] = None            # the python kind's program
+    # The python kind's program (a string, checked by that kind); for other kinds a UI field
+    # that may hold anything, like `logo`.
+    code: Annotated[Any, Optional] = None
     config: Annotated[dict[str, Any] | None, Optional] = None  # kind-specific (docs/node_kinds.md)
 
     @property

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from graph.limits import DEFAULT_LIMITS, Limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SESAME_", extra="ignore")
@@ -23,6 +25,19 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1000, ge=1, description="Concurrent node calls per worker actor.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
     max_batch_bytes: int = Field(20_000_000, ge=1024, description="Largest accepted POST /batch body (413 above).")
+
+    # Limits on one request (graph.limits; why these defaults: docs/design.md §9). Over one: a 422.
+    max_json_depth: int = Field(DEFAULT_LIMITS.max_json_depth, ge=4, le=500,
+                                description="Nesting of arrays and objects in the body.")
+    max_nodes: int = Field(DEFAULT_LIMITS.max_nodes, ge=1, description="Nodes in one agent_config.")
+    max_depth: int = Field(DEFAULT_LIMITS.max_depth, ge=1, description="Nodes on the longest chain of a graph.")
+    max_children: int = Field(DEFAULT_LIMITS.max_children, ge=1, description="Children of one node.")
+    max_text_chars: int = Field(DEFAULT_LIMITS.max_text_chars, ge=1,
+                                description="Characters of user_query and of each template as sent.")
+    max_rendered_chars: int = Field(DEFAULT_LIMITS.max_rendered_chars, ge=1,
+                                    description="Characters of one node's prompt or arguments once rendered.")
+    max_output_chars: int = Field(DEFAULT_LIMITS.max_output_chars, ge=1,
+                                  description="Characters of one node's output (as JSON if structured) kept in a run.")
 
     llm_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
     tool_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Composio call.")
@@ -129,3 +144,7 @@ class Settings(BaseSettings):
     python_wall_s: float = Field(10.0, gt=0, description="Wall-clock seconds one python tool call may take.")
     python_memory_mb: int = Field(256, ge=32, description="Address-space limit (RLIMIT_AS) of one python tool call.")
     python_output_bytes: int = Field(65_536, ge=1024, description="Largest output (result + printed text) of one python tool call.")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(**{name: getattr(self, name) for name in Limits.__dataclass_fields__})

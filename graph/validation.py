@@ -1,21 +1,26 @@
 """Request → `Workflow`, or every problem at once (DESIGN §2, §3).
 
-Pure: no I/O, no provider calls. `parse_body` turns the raw HTTP body into JSON (400 for bytes
-that are not JSON; duplicate keys and lone surrogates are 422 problems, not silently merged);
-`validate_request` checks fields, kinds, edges, cycles and templates and either returns a
-`Workflow` the scheduler can trust or raises `InvalidRequest` listing every problem found.
+Pure: no I/O, no provider calls. `parse_body` (graph.body, re-exported here) turns the raw HTTP
+body into JSON and the problems JSON itself has (duplicate keys, lone surrogates, numbers out of
+range); `validate_request` checks fields, kinds, edges, cycles, templates and the limits of
+`graph.limits` and either returns a `Workflow` the scheduler can trust or raises
+`InvalidRequest` listing every problem found (the first `MAX_PROBLEMS` of them).
+
+Hostile input is expected here: nothing recurses on the body's nesting, and no message grows
+with the size of the graph (ids and lists are shortened).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from graph.errors import InvalidRequest, MalformedJSON
+from graph.body import MAX_ID_LENGTH, MAX_PROBLEMS, BadNumber, Problems, parse_body
+from graph.errors import InvalidRequest
 from graph.kinds import StaticCheck
+from graph.limits import DEFAULT_LIMITS, Limits, listed, longest_chain, short
 from graph.schema import SPEC_BY_TYPE, LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
 from graph.templates import referenced_nodes, strings_in
 from graph.workflow import Workflow
@@ -23,128 +28,62 @@ from graph.workflow import Workflow
 KindKey = tuple[str, str]
 RESERVED_PARAMETERS = ("model", "messages", "tools", "stream")
 RUN_FIELDS = ("user_query", "user_id", "conversation_id")
-MAX_ID_LENGTH = 256  # ids are stored as keys (graph.store_schema)
-
-
-class _Problems:
-    """Collects `{"node_id", "field", "message"}` entries in the order they are found."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def add(self, node_id: NodeId | None, field: str, message: str) -> None:
-        self.items.append({"node_id": node_id, "field": field, "message": message})
-
-
-class _DuplicateKeys:
-    """`object_pairs_hook` for json.loads that remembers duplicate keys instead of keeping the
-    last one silently (a client bug that would otherwise run a different graph than it sent)."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-
-    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                self.keys.append(key)
-            result[key] = value
-        return result
-
-
-def parse_body(raw: bytes) -> tuple[Any, list[dict[str, Any]]]:
-    """Parse the body. Returns the JSON value and the hygiene problems (duplicate keys, lone
-    surrogates); raises `MalformedJSON` when it is not JSON at all."""
-    duplicates = _DuplicateKeys()
-    try:
-        value = json.loads(raw, object_pairs_hook=duplicates)
-    except UnicodeDecodeError as exc:
-        raise MalformedJSON(f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise MalformedJSON(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                            f"column {exc.colno}") from None
-    except RecursionError:
-        raise MalformedJSON("the body is nested too deeply to parse") from None
-    problems = _Problems()
-    for key in dict.fromkeys(duplicates.keys):
-        problems.add(None, _shown(key), f'duplicate key "{_shown(key)}" in a JSON object; '
-                     "send each key once")
-    for path in _lone_surrogates(value, ""):
-        problems.add(None, path or "(body)", "invalid Unicode (a lone surrogate); send valid UTF-8 text")
-    return value, problems.items
-
-
-def _lone_surrogates(value: Any, path: str) -> Iterable[str]:
-    if isinstance(value, str):
-        if not _is_valid_unicode(value):
-            yield path
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _lone_surrogates(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            child = f"{path}.{_shown(key)}" if path else _shown(key)
-            if not _is_valid_unicode(key):
-                yield child
-            else:
-                yield from _lone_surrogates(item, child)
-
-
-def _is_valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _shown(text: str) -> str:
-    """A key as it can be printed in a message (lone surrogates escaped)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+__all__ = ["MAX_PROBLEMS", "identifier_problem", "parse_body", "validate_request"]
 
 
 def validate_request(body: Any, known_kinds: Iterable[KindKey] | Mapping[KindKey, StaticCheck | None],
-                     hygiene: list[dict[str, Any]] | None = None) -> Workflow:
-    """Check everything that can be checked without running anything. `known_kinds` may map
-    each kind to its static check (`graph.kinds.StaticCheck`), whose problems are reported too."""
-    problems = _Problems()
-    problems.items.extend(hygiene or [])
+                     hygiene: list[dict[str, Any]] | None = None,
+                     limits: Limits = DEFAULT_LIMITS) -> Workflow:
+    """Check everything that can be checked without running anything. `body` is a JSON value
+    (from `parse_body`, or built in Python); `hygiene` the problems `parse_body` found in it.
+    `known_kinds` may map each kind to its static check (`graph.kinds.StaticCheck`), whose
+    problems are reported too."""
+    problems = Problems()
+    problems.extend(hygiene or [])
     if not isinstance(body, dict):
         problems.add(None, "(body)", f"the body must be a JSON object, got {_json_type(body)}")
         _raise(problems)
 
-    run_fields = _run_fields(body, problems)
+    run_fields = _run_fields(body, limits, problems)
     deadline_s = _deadline(body, problems)
     config = body.get("agent_config")
     checks = dict(known_kinds) if isinstance(known_kinds, Mapping) else dict.fromkeys(known_kinds)
-    specs = _node_specs(config, checks, problems)
-    if isinstance(config, dict):
-        _check_edges(_raw_children(config), problems)
+    specs = _node_specs(config, checks, limits, problems)
+    if isinstance(config, dict) and len(config) <= limits.max_nodes:
+        _check_edges(_raw_children(config), limits, problems)
     if problems.items or specs is None or run_fields is None:
         _raise(problems)
 
-    workflow = Workflow(nodes=specs, **run_fields, deadline_s=deadline_s)
+    workflow = Workflow(nodes=specs, limits=limits, **run_fields, deadline_s=deadline_s)
     _check_bindings_and_templates(workflow, problems)
     if problems.items:
         _raise(problems)
     return workflow
 
 
-def _raise(problems: _Problems) -> None:
-    count = len(problems.items)
-    first = problems.items[0]
+def _raise(problems: Problems) -> None:
+    items = problems.listed()
+    first = items[0]
     where = f'node "{first["node_id"]}" ' if first["node_id"] is not None else ""
+    count = len(problems.items) + problems.dropped
     raise InvalidRequest(f"{count} problem{'s' if count != 1 else ''} in the request; first: "
-                         f"{where}{first['field']}: {first['message']}", problems.items)
+                         f"{where}{first['field']}: {first['message']}", items)
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    if isinstance(value, dict):  # also the objects parse_body makes
+        return "an object"
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", BadNumber: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 
-def _run_fields(body: dict[str, Any], problems: _Problems) -> dict[str, str] | None:
+def _echo(value: Any) -> str:
+    """A value repeated in a message: a short string in quotes, or its JSON type."""
+    return f'"{short(value)}"' if isinstance(value, str) else _json_type(value)
+
+
+def _run_fields(body: dict[str, Any], limits: Limits, problems: Problems) -> dict[str, str] | None:
     values: dict[str, str] = {}
     for name in RUN_FIELDS:
         value = body.get(name)
@@ -152,6 +91,8 @@ def _run_fields(body: dict[str, Any], problems: _Problems) -> dict[str, str] | N
             problems.add(None, name, f"{name} is required (a string)")
         elif not isinstance(value, str):
             problems.add(None, name, f"{name} must be a string, got {_json_type(value)}")
+        elif name == "user_query" and (problem := _text_problem(value, limits)):
+            problems.add(None, name, f"{name} {problem}")
         elif name != "user_query" and not value.strip():
             problems.add(None, name, f"{name} must not be empty")
         elif name != "user_query" and (problem := identifier_problem(value)):
@@ -164,27 +105,36 @@ def _run_fields(body: dict[str, Any], problems: _Problems) -> dict[str, str] | N
 def identifier_problem(value: str) -> str | None:
     """What is wrong with an id (a user, conversation or node id), if anything: ids are keys in
     the store and in URLs, so they are short and free of control characters."""
+    if not value:
+        return "is empty"
     if len(value) > MAX_ID_LENGTH:
-        return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
+        return f"is {len(value):,} characters long; at most {MAX_ID_LENGTH} are allowed"
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
         return "contains a control character; send printable text"
     return None
 
 
-def _deadline(body: dict[str, Any], problems: _Problems) -> float | None:
+def _deadline(body: dict[str, Any], problems: Problems) -> float | None:
     """`deadline_s`: optional seconds the whole run may take (the server caps it)."""
     value = body.get("deadline_s")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        problems.add(None, "deadline_s", f"deadline_s must be a positive number of seconds, got "
-                     f"{json.dumps(value) if not isinstance(value, float) else value}")
+        problems.add(None, "deadline_s", "deadline_s must be a positive number of seconds, got "
+                     + (_echo(value) if not isinstance(value, float) else str(value)))
         return None
     return float(value)
 
 
-def _node_specs(config: Any, checks: dict[KindKey, StaticCheck | None],
-                problems: _Problems) -> dict[NodeId, NodeSpec] | None:
+def _text_problem(text: str, limits: Limits) -> str | None:
+    if len(text) > limits.max_text_chars:
+        return (f"is {len(text):,} characters long; at most {limits.max_text_chars:,} are allowed "
+                "(SESAME_MAX_TEXT_CHARS)")
+    return None
+
+
+def _node_specs(config: Any, checks: dict[KindKey, StaticCheck | None], limits: Limits,
+                problems: Problems) -> dict[NodeId, NodeSpec] | None:
     if config is None:
         problems.add(None, "agent_config", "agent_config is required: an object {node_id: node}")
         return None
@@ -195,11 +145,15 @@ def _node_specs(config: Any, checks: dict[KindKey, StaticCheck | None],
     if not config:
         problems.add(None, "agent_config", "agent_config is empty; give at least one node")
         return None
+    if len(config) > limits.max_nodes:  # the nodes are not looked at: that is what costs
+        problems.add(None, "agent_config", f"agent_config has {len(config):,} nodes; at most "
+                     f"{limits.max_nodes:,} are allowed (SESAME_MAX_NODES)")
+        return None
 
     specs: dict[NodeId, NodeSpec] = {}
     for key, node in config.items():
         if problem := identifier_problem(key):
-            problems.add(_shown(key)[:MAX_ID_LENGTH], "id", f"a node id {problem}")
+            problems.add(short(key, MAX_ID_LENGTH), "id", f"a node id {problem}")
             continue
         spec = _node_spec(key, node, problems)
         if spec is None:
@@ -209,27 +163,28 @@ def _node_specs(config: Any, checks: dict[KindKey, StaticCheck | None],
         elif (check := checks[spec.kind]) is not None:
             for field, message in check(spec):
                 problems.add(key, field, message)
+        _check_texts(spec, limits, problems)
         specs[key] = spec
     return specs if len(specs) == len(config) else None
 
 
-def _node_spec(key: str, node: Any, problems: _Problems) -> NodeSpec | None:
+def _node_spec(key: str, node: Any, problems: Problems) -> NodeSpec | None:
     if not isinstance(node, dict):
         problems.add(key, "(node)", f"node must be an object, got {_json_type(node)}")
         return None
     ok = True
     if "id" in node and node["id"] != key:
-        problems.add(key, "id", f'id is {json.dumps(node["id"])} but its key in agent_config is '
+        problems.add(key, "id", f'id is {_echo(node["id"])} but its key in agent_config is '
                      f'"{key}"; they must be equal')
         ok = False
     node_type = node.get("type")
     model = SPEC_BY_TYPE.get(node_type) if isinstance(node_type, str) else None
     if model is None:
         known = ", ".join(f'"{name}"' for name in SPEC_BY_TYPE)
-        problems.add(key, "type", f"unknown type {json.dumps(node_type)}; known: {known}")
+        problems.add(key, "type", f"unknown type {_echo(node_type)}; known: {known}")
         return None
     try:
-        spec = model.model_validate({"id": key, **node})
+        spec = model.model_validate({**node, "id": key})
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             field = _field_path(error["loc"])
@@ -244,17 +199,42 @@ def _node_spec(key: str, node: Any, problems: _Problems) -> NodeSpec | None:
 def _field_path(loc: tuple[Any, ...]) -> str:
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        path += f"[{part}]" if isinstance(part, int) else (f".{short(str(part))}" if path else short(str(part)))
     return path or "(node)"
 
 
-def _unknown_kind(spec: NodeSpec, known_kinds: set[KindKey], problems: _Problems) -> None:
+def _unknown_kind(spec: NodeSpec, known_kinds: set[KindKey], problems: Problems) -> None:
     family, name = spec.kind
     field = "provider_name" if isinstance(spec, LLMNodeSpec) else "tool_type"
     given = spec.provider_name if isinstance(spec, LLMNodeSpec) else spec.tool_type
     known = sorted(k[1] for k in known_kinds if k[0] == family)
-    problems.add(spec.id, field, f'unknown {field} "{given}"; known: '
+    problems.add(spec.id, field, f"unknown {field} {_echo(given)}; known: "
                  + (", ".join(f'"{k}"' for k in known) or "none"))
+
+
+def _check_texts(spec: NodeSpec, limits: Limits, problems: Problems) -> None:
+    """Templates are at most `max_text_chars` each (what they render to is checked when the
+    node starts: `SESAME_MAX_RENDERED_CHARS`)."""
+    if isinstance(spec, LLMNodeSpec):
+        texts = [("prompt_template", spec.prompt_template), ("system_prompt", spec.system_prompt)]
+    else:
+        texts = [(f"arguments{path}", text) for path, text in _strings_with_paths(spec.arguments or {})]
+    for field, text in texts:
+        if text is not None and (problem := _text_problem(text, limits)):
+            problems.add(spec.id, field, f"{field} {problem}")
+
+
+def _strings_with_paths(value: Any) -> Iterator[tuple[str, str]]:
+    """Every string inside a JSON-like value with its path (`.to`, `.cc[1]`), walked with a stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            yield path, item
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{short(str(k))}", v) for k, v in reversed(list(item.items())))
 
 
 def _raw_children(config: dict[str, Any]) -> dict[NodeId, list[NodeId]]:
@@ -268,32 +248,64 @@ def _raw_children(config: dict[str, Any]) -> dict[NodeId, list[NodeId]]:
     return edges
 
 
-def _check_edges(edges: dict[NodeId, list[NodeId]], problems: _Problems) -> None:
-    known = ", ".join(f'"{k}"' for k in edges)
+def _check_edges(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: Problems) -> None:
+    known = listed(list(edges))
     for node_id, children in edges.items():
+        if len(children) > limits.max_children:
+            problems.add(node_id, "children", f'node "{short(node_id)}" has {len(children):,} '
+                         f"children; at most {limits.max_children:,} are allowed "
+                         "(SESAME_MAX_CHILDREN)")
         for index, child in enumerate(children):
             if child == node_id:
-                problems.add(node_id, f"children[{index}]", f'node "{node_id}" lists itself as a '
-                             "child (a self-loop); remove it")
+                problems.add(node_id, f"children[{index}]", f'node "{short(node_id)}" lists itself '
+                             "as a child (a self-loop); remove it")
             elif child not in edges:
-                problems.add(node_id, f"children[{index}]", f'children of node "{node_id}" name '
-                             f'"{child}", which is not in agent_config (known: {known})')
-    for cycle in _cycles(edges):
-        path = " → ".join(f'"{n}"' for n in cycle + [cycle[0]])
-        problems.add(cycle[0], "children", f"the graph has a cycle: {path}; a workflow must be "
-                     "acyclic")
+                problems.add(node_id, f"children[{index}]", f'children of node "{short(node_id)}" '
+                             f'name "{short(child)}", which is not in agent_config (known: {known})')
+    cycles, count = _cycles(edges, MAX_PROBLEMS)
+    for cycle in cycles:
+        problems.add(cycle[0], "children", f"the graph has a cycle: {_chain(cycle + [cycle[0]])}; "
+                     "a workflow must be acyclic")
+    problems.dropped += count - len(cycles)
+    if not count:
+        _check_depth(edges, limits, problems)
 
 
-def _cycles(edges: dict[NodeId, list[NodeId]]) -> list[list[NodeId]]:
-    """One cycle per back edge found by depth-first search (self-loops are reported apart)."""
+def _check_depth(edges: dict[NodeId, list[NodeId]], limits: Limits, problems: Problems) -> None:
+    """The longest chain is at most `max_depth` nodes; the problem names the edge that makes
+    it one node too long."""
+    chain = longest_chain(edges)
+    if len(chain) <= limits.max_depth:
+        return
+    parent, child = chain[limits.max_depth - 1], chain[limits.max_depth]
+    problems.add(parent, f"children[{edges[parent].index(child)}]",
+                 f"the longest chain has {len(chain):,} nodes ({_chain(chain)}); at most "
+                 f"{limits.max_depth:,} are allowed (SESAME_MAX_DEPTH)")
+
+
+def _chain(nodes: list[NodeId]) -> str:
+    """`"a" → "b" → … → "z"`, shortened in the middle when long."""
+    if len(nodes) > 8:
+        middle = f"… ({len(nodes) - 6:,} more)"
+        return " → ".join([*(f'"{short(n)}"' for n in nodes[:3]), middle,
+                           *(f'"{short(n)}"' for n in nodes[-3:])])
+    return " → ".join(f'"{short(n)}"' for n in nodes)
+
+
+def _cycles(edges: dict[NodeId, list[NodeId]], keep: int) -> tuple[list[list[NodeId]], int]:
+    """One cycle per back edge found by depth-first search (self-loops are reported apart):
+    the first `keep` of them, and how many there are."""
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(edges, white)
+    position: dict[NodeId, int] = {}  # of each grey node in `path`
     cycles: list[list[NodeId]] = []
+    count = 0
     for start in edges:
         if color[start] != white:
             continue
         stack: list[tuple[NodeId, Iterator[NodeId]]] = [(start, iter(edges[start]))]
         path = [start]
+        position[start] = 0
         color[start] = grey
         while stack:
             node, children = stack[-1]
@@ -305,15 +317,19 @@ def _cycles(edges: dict[NodeId, list[NodeId]]) -> list[list[NodeId]]:
             elif child == node or child not in edges:
                 continue
             elif color[child] == grey:
-                cycles.append(path[path.index(child):])
+                count += 1
+                if len(cycles) < keep:
+                    cycles.append(path[position[child]:])
             elif color[child] == white:
                 color[child] = grey
+                position[child] = len(path)
                 path.append(child)
                 stack.append((child, iter(edges[child])))
-    return cycles
+    return cycles, count
 
 
-def _check_bindings_and_templates(workflow: Workflow, problems: _Problems) -> None:
+def _check_bindings_and_templates(workflow: Workflow, problems: Problems) -> None:
+    ancestors: dict[NodeId, set[NodeId]] = {}  # per node, computed once: templates may repeat refs
     for node_id, spec in workflow.nodes.items():
         if isinstance(spec, LLMNodeSpec):
             for key in RESERVED_PARAMETERS:
@@ -328,12 +344,14 @@ def _check_bindings_and_templates(workflow: Workflow, problems: _Problems) -> No
         else:
             templates = _tool_templates(workflow, spec, problems)
         for field, template in templates:
-            for ref in referenced_nodes(template or ""):
-                _check_reference(workflow, node_id, field, ref, problems)
+            for ref in dict.fromkeys(referenced_nodes(template or "")):
+                if ref in workflow.nodes and node_id not in ancestors:
+                    ancestors[node_id] = workflow.ancestors_of(node_id)
+                _check_reference(workflow, node_id, field, ref, ancestors.get(node_id, set()), problems)
 
 
 def _tool_templates(workflow: Workflow, spec: ToolNodeSpec,
-                    problems: _Problems) -> list[tuple[str, str | None]]:
+                    problems: Problems) -> list[tuple[str, str | None]]:
     if workflow.llm_parents(spec.id):
         return []
     if spec.action is None:
@@ -346,9 +364,10 @@ def _tool_templates(workflow: Workflow, spec: ToolNodeSpec,
 
 
 def _check_reference(workflow: Workflow, node_id: NodeId, field: str, ref: str,
-                     problems: _Problems) -> None:
+                     ancestors: set[NodeId], problems: Problems) -> None:
     if ref not in workflow.nodes:
-        problems.add(node_id, field, f'{{node.{ref}}} names "{ref}", which is not in agent_config')
-    elif ref not in workflow.ancestors_of(node_id):
-        problems.add(node_id, field, f'{{node.{ref}}} names "{ref}", which is not an ancestor of '
-                     f'node "{node_id}": its output is not ready when this node runs')
+        problems.add(node_id, field, f'{{node.{short(ref)}}} names "{short(ref)}", which is not in '
+                     "agent_config")
+    elif ref not in ancestors:
+        problems.add(node_id, field, f'{{node.{short(ref)}}} names "{short(ref)}", which is not an '
+                     f'ancestor of node "{node_id}": its output is not ready when this node runs')

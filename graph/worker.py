@@ -15,11 +15,12 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from graph.errors import NodeError, redact
 from graph.kinds import LLMRequest, NodeOutput, Registry, RunContext, ToolFunction, ToolRequest, Turn
+from graph.limits import output_chars
 from graph.schema import (ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement,
                           ToolCall, ToolNodeSpec)
 from graph.settings import Settings
@@ -98,6 +99,11 @@ async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
     finished = time.time()
     if output is not None and output.error is not None:
         error = output.error
+    if output is not None and (size := output_chars(output.output)) > settings.max_output_chars:
+        error = error or ErrorInfo(code="output_too_large", retryable=False, message=(
+            f"node {spec.id!r} returned {size:,} characters; at most {settings.max_output_chars:,} "
+            "are kept (SESAME_MAX_OUTPUT_CHARS)"))
+        output = replace(output, output=None)
     return NodeResult(
         id=spec.id, name=spec.name, type=spec.type, status="failed" if error else "succeeded",
         output=output.output if output else None, error=error,

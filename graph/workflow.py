@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from graph.limits import DEFAULT_LIMITS, Limits
 from graph.schema import LLMNodeSpec, NodeId, NodeSpec, ToolNodeSpec
 
 
@@ -19,6 +20,7 @@ class Workflow:
     user_id: str
     conversation_id: str
     deadline_s: float | None = None  # the caller's deadline for the whole run, if any
+    limits: Limits = DEFAULT_LIMITS  # what it was validated against; the scheduler applies the rest
 
     @cached_property
     def order(self) -> list[NodeId]:

@@ -53,9 +53,9 @@ class PythonToolKind:
     @staticmethod
     def check(spec: NodeSpec) -> list[tuple[str, str]]:
         assert isinstance(spec, ToolNodeSpec)
-        if not (spec.code or "").strip():
-            return [("code", "a python tool needs code: a program that sets `result` or defines "
-                             "main(arguments)")]
+        if not isinstance(spec.code, str) or not spec.code.strip():
+            return [("code", "a python tool needs code: a string, a program that sets `result` or "
+                             "defines main(arguments)")]
         return []
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:

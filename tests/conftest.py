@@ -7,8 +7,19 @@ import os
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+from tests.hostile import PROFILE
 from tests.stubs.postgres import Postgres, server_binaries
+
+# Property tests (hypothesis, schemathesis): derandomized in CI, so a run is reproducible and
+# its time known; `SESAME_HYPOTHESIS=long` searches at random and keeps failing examples in
+# .hypothesis/ to replay them first next time.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=_QUIET)
+settings.register_profile("long", deadline=None, print_blob=True, suppress_health_check=_QUIET)
+settings.load_profile(PROFILE)
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +51,12 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sesame.db'}"
     return _fresh_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.hostile import SERVER_ERRORS, TRIED
+
+    if TRIED:
+        kinds = ", ".join(f"{source} {count:,}" for source, count in sorted(TRIED.items()))
+        terminalreporter.write_line(f"hostile inputs tried: {sum(TRIED.values()):,} ({kinds}); "
+                                    f"5xx answers: {len(SERVER_ERRORS)}")

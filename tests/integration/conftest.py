@@ -51,10 +51,11 @@ def sesame_url(openai_stub, composio_stub, database_file):
     import ray
     from ray import serve
 
-    from serve_app import app_builder
+    from serve_app import PROXY_ENVIRONMENT, app_builder
 
     os.environ.update({"OPENAI_BASE_URL": openai_stub.base_url, "OPENAI_API_KEY": OPENAI_KEY,
-                       "COMPOSIO_BASE_URL": composio_stub.base_url, "COMPOSIO_API_KEY": COMPOSIO_KEY})
+                       "COMPOSIO_BASE_URL": composio_stub.base_url, "COMPOSIO_API_KEY": COMPOSIO_KEY,
+                       **PROXY_ENVIRONMENT})
     port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -20,6 +20,7 @@ CASES = [
     errors.NodeError("n", "code", True, True, 2.5),
     errors.ProviderError("p", "provider_error", True),
     errors.NodeTimeout("t", None, True),
+    errors.PromptTooLarge("the rendered text would be 5 characters; at most 4 are allowed"),
     errors.ToolCallFailed("f", "tool_call_failed", False, True),
     errors.InternalError("oops"),
 ]

@@ -112,8 +112,8 @@ def test_duplicate_keys_and_lone_surrogates_are_named():
            b'"model_name": "m", "model_name": "n", "prompt_template": "\\ud800"}}, '
            b'"user_query": "q", "user_id": "u", "conversation_id": "c"}')
     problems = problems_of(raw)
-    assert 'duplicate key "model_name"' in find(problems, None, "model_name")
-    assert "lone surrogate" in find(problems, None, "agent_config.1.prompt_template")
+    assert 'duplicate key "model_name"' in find(problems, "1", "model_name")
+    assert "lone surrogate" in find(problems, "1", "prompt_template")
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b'{"a": 1,}'])
