@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -40,6 +41,7 @@ from nodes.registry import build_registry
 
 log = logging.getLogger("sesame.http")
 TENANT = "default"  # one tenant until endpoint API keys map callers to tenants
+HEAD_NODE = "node:__internal_head__"  # a resource only Ray's head node has
 
 api = FastAPI(title="Sesame", version="0.1.0",
               description="Runs graphs of LLM and tool nodes on Ray. See README.md.")
@@ -161,7 +163,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 api.openapi = functools.partial(_openapi, api)  # type: ignore[method-assign]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+# The ingress owns its runs (their scheduler runs in it), so it lives on the head node: losing
+# another machine then never loses a run, only the node calls in flight there (see
+# graph/runtime.py). The head is where Ray's own state lives anyway.
+@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+                  max_ongoing_requests=1000)
 @serve.ingress(api)
 class SesameIngress:
     async def __init__(self, settings_overrides: dict[str, Any] | None = None):
@@ -283,9 +289,9 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 app = SesameIngress.bind()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """`scripts/serve`: a local Ray (or the cluster at SESAME_RAY_ADDRESS), Serve, this app."""
-    import os
+    import argparse
     import signal
     import socket
     import sys
@@ -294,25 +300,38 @@ def main() -> None:
 
     import ray
 
+    parser = argparse.ArgumentParser(prog="scripts/serve", description="Starts Sesame; settings "
+                                     "are SESAME_* environment variables (see README).")
+    parser.add_argument("--wait-for-nodes", type=int, default=1, metavar="N", help=(
+        "wait until the Ray cluster has N nodes before starting: the node workers are spread "
+        "over the nodes that are up when Sesame starts"))
+    options = parser.parse_args(argv)
     logs.configure()
     settings = Settings()
+    # Settings given here go to the app explicitly: on a cluster the replica starts on the head
+    # node with the environment of `ray start`, not this one's.
+    overrides = {name: getattr(settings, name) for name in settings.model_fields_set}
     with socket.socket() as probe:  # Serve's proxy would share a busy port silently
         try:
             probe.bind((settings.host, settings.port))
         except OSError:
             sys.exit(f"sesame: {settings.host}:{settings.port} is in use (another Sesame?): stop "
                      "it, or set SESAME_PORT to another port")
-    if "SESAME_DATABASE_URL" not in os.environ and settings.database_url.startswith("sqlite:///"):
+    if "database_url" not in overrides and settings.database_url.startswith("sqlite:///"):
         # Replicas may run in another directory: pin the default file to this one.
         path = Path(settings.database_url.removeprefix("sqlite:///")).resolve()
-        os.environ["SESAME_DATABASE_URL"] = f"sqlite:///{path}"
+        overrides["database_url"] = f"sqlite:///{path}"
     logging.getLogger("ray.serve").addFilter(
         lambda record: "Connecting to existing Serve app" not in record.getMessage())
     ray.init(address=settings.ray_address, include_dashboard=False)
+    while (nodes := sum(node["Alive"] for node in ray.nodes())) < options.wait_for_nodes:
+        log.info("waiting for %d Ray nodes (%d up)", options.wait_for_nodes, nodes)
+        time.sleep(2)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(app, blocking=False)
-    log.info("Sesame is ready at http://%s:%s/ (store %s); Ctrl-C stops it", settings.host,
-             settings.port, describe_url(os.environ.get("SESAME_DATABASE_URL", settings.database_url)))
+    serve.run(app_builder(overrides), blocking=False)
+    log.info("Sesame is ready at http://%s:%s/ on %d Ray node(s) (store %s); Ctrl-C stops it",
+             settings.host, settings.port, nodes,
+             describe_url(overrides.get("database_url", settings.database_url)))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where
         signal.signal(signum, lambda *_: stop.set())  # the shell hands SIGINT down as ignored
