@@ -101,6 +101,6 @@ def test_a_tool_node_whose_worker_dies_fails_with_worker_died_and_is_not_repeate
     assert "not repeated" in tool.error.message
     time.sleep(2.5)  # longer than the stub's execute delay: a repeat would have arrived by now
     assert len(composio_stub.executions()) == 1
-    note = result.nodes["note"]
-    assert note.status == "succeeded" and note.attempts == 2 and len(openai_stub.requests) == 2
+    note = result.nodes["note"]  # resent; maybe twice, if first to the other dying worker
+    assert note.status == "succeeded" and 2 <= len(openai_stub.requests) <= note.attempts <= 3
     assert {p.pid for p in after}.isdisjoint({p.pid for p in before})
