@@ -324,9 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("ray.serve").addFilter(
         lambda record: "Connecting to existing Serve app" not in record.getMessage())
     ray.init(address=settings.ray_address, include_dashboard=False)
-    while (nodes := sum(node["Alive"] for node in ray.nodes())) < options.wait_for_nodes:
-        log.info("waiting for %d Ray nodes (%d up)", options.wait_for_nodes, nodes)
-        time.sleep(2)
+    try:
+        while (nodes := sum(node["Alive"] for node in ray.nodes())) < options.wait_for_nodes:
+            log.info("waiting for %d Ray nodes (%d up)", options.wait_for_nodes, nodes)
+            time.sleep(2)
+    except KeyboardInterrupt:
+        sys.exit("sesame: stopped while waiting for Ray nodes")
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(app_builder(overrides), blocking=False)
     log.info("Sesame is ready at http://%s:%s/ on %d Ray node(s) (store %s); Ctrl-C stops it",
