@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, get_args
@@ -44,6 +45,7 @@ from graph.workflow import Workflow
 from nodes.registry import build_registry
 
 log = logging.getLogger("sesame.http")
+HEAD_NODE = "node:__internal_head__"  # a resource only Ray's head node has
 
 api = FastAPI(title="Sesame", version="0.1.0",
               description="Runs graphs of LLM and tool nodes on Ray. See README.md.")
@@ -213,7 +215,11 @@ PROXY_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app:pro
 api.openapi = functools.partial(_openapi, api)  # type: ignore[method-assign]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+# The ingress owns its runs (their scheduler runs in it), so it lives on the head node: losing
+# another machine then never loses a run, only the node calls in flight there (see
+# graph/runtime.py). The head is where Ray's own state lives anyway.
+@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+                  max_ongoing_requests=1000)
 @serve.ingress(api)
 class SesameIngress:
     async def __init__(self, settings_overrides: dict[str, Any] | None = None):
@@ -373,8 +379,9 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 app = SesameIngress.bind()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """`scripts/serve`: a local Ray (or the cluster at SESAME_RAY_ADDRESS), Serve, this app."""
+    import argparse
     import os
     import signal
     import socket
@@ -383,32 +390,51 @@ def main() -> None:
     from pathlib import Path
 
     import ray
+    from pydantic import SecretStr
 
+    parser = argparse.ArgumentParser(prog="scripts/serve", description="Starts Sesame; settings "
+                                     "are SESAME_* environment variables (see README).")
+    parser.add_argument("--wait-for-nodes", type=int, default=1, metavar="N", help=(
+        "wait until the Ray cluster has N nodes before starting: the node workers are spread "
+        "over the nodes that are up when Sesame starts"))
+    options = parser.parse_args(argv)
     logs.configure()
     settings = Settings()
     try:
         Authenticator(settings)
     except ConfigurationError as exc:
         sys.exit(f"sesame: {exc}")
+    # Settings given here go to the app explicitly: on a cluster the replica starts on the head
+    # node with the environment of `ray start`, not this one's. Secrets never travel this way
+    # (Serve logs an application's arguments): replicas read them from their own environment.
+    overrides = {name: getattr(settings, name) for name in settings.model_fields_set
+                 if not isinstance(getattr(settings, name), SecretStr)}
     with socket.socket() as probe:  # Serve's proxy would share a busy port silently
         try:
             probe.bind((settings.host, settings.port))
         except OSError:
             sys.exit(f"sesame: {settings.host}:{settings.port} is in use (another Sesame?): stop "
                      "it, or set SESAME_PORT to another port")
-    if "SESAME_DATABASE_URL" not in os.environ and settings.database_url.startswith("sqlite:///"):
+    if "database_url" not in overrides and settings.database_url.startswith("sqlite:///"):
         # Replicas may run in another directory: pin the default file to this one.
         path = Path(settings.database_url.removeprefix("sqlite:///")).resolve()
-        os.environ["SESAME_DATABASE_URL"] = f"sqlite:///{path}"
+        overrides["database_url"] = f"sqlite:///{path}"
     for name, value in PROXY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     logging.getLogger("ray.serve").addFilter(
         lambda record: "Connecting to existing Serve app" not in record.getMessage())
     ray.init(address=settings.ray_address, include_dashboard=False)
+    try:
+        while (nodes := sum(node["Alive"] for node in ray.nodes())) < options.wait_for_nodes:
+            log.info("waiting for %d Ray nodes (%d up)", options.wait_for_nodes, nodes)
+            time.sleep(2)
+    except KeyboardInterrupt:
+        sys.exit("sesame: stopped while waiting for Ray nodes")
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(app, blocking=False)
-    log.info("Sesame is ready at http://%s:%s/ (store %s); Ctrl-C stops it", settings.host,
-             settings.port, describe_url(os.environ.get("SESAME_DATABASE_URL", settings.database_url)))
+    serve.run(app_builder(overrides), blocking=False)
+    log.info("Sesame is ready at http://%s:%s/ on %d Ray node(s) (store %s); Ctrl-C stops it",
+             settings.host, settings.port, nodes,
+             describe_url(overrides.get("database_url", settings.database_url)))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where
         signal.signal(signum, lambda *_: stop.set())  # the shell hands SIGINT down as ignored

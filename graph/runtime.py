@@ -14,6 +14,18 @@ A node whose tokens are wanted runs through `NodeWorker.run_streaming`, a Ray st
 generator: text arrives in chunks gathered for up to `_TOKEN_FLUSH_S` (each chunk is an object
 in Ray's store, ~0.7 ms), then the `NodeResult`. A streamed call costs ~2 ms against ~1 ms for
 a plain one (measured), so runs nobody watches use the plain call.
+
+Workers are spread over the cluster with Ray's `SPREAD` strategy, which needs the actor to ask
+for *some* resource: with none at all Ray puts it on a random node whatever the strategy
+(measured, 6 actors on 3 nodes: 4/1/1 with `num_cpus=0` alone, 2/2/2 with one byte of `memory`
+as well; 4 actors on 2 nodes landed 2/2, 3/1, 1/3 and 0/4 in four tries without it).
+
+Workers die (their process crashes, their machine is stopped). Ray restarts a dead worker
+(`max_restarts=-1`; on another node if its node is gone), and the runner sends
+the node that was on it to another worker when that is safe: an LLM node or a preflight check
+(a repeated model call has no effect outside), never a Tool node, whose call may already have
+reached the provider — that node fails with `worker_died`. A worker that just failed is passed
+over for `_SUSPECT_S`: after a machine crash its actors look alive until Ray notices (~15 s).
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from ray.exceptions import RayActorError, RayError
 
 from graph import logs
 from graph.kinds import RegistryFactory, RunContext
-from graph.schema import ActionRequired, ErrorInfo, NodeResult, NodeSpec, Placement
+from graph.schema import ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement
 from graph.settings import Settings
 from graph.worker import NodeTask, TokenCallback, execute_task, node_timeout_s, preflight_node
 
@@ -43,6 +55,11 @@ log = logging.getLogger(__name__)
 _GRACE_S = 5.0
 # How long a worker gathers tokens before sending them on as one chunk.
 _TOKEN_FLUSH_S = 0.03
+# How many workers a node (or a preflight check) is sent to before worker deaths fail it.
+_WORKER_ATTEMPTS = 3
+# How long a worker whose call failed on Ray is passed over (while it restarts, or until Ray
+# notices that its machine is gone).
+_SUSPECT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -118,12 +135,20 @@ class RayRunner:
     def __init__(self, settings: Settings, registry_factory: RegistryFactory):
         self._settings = settings
         actor = ray.remote(NodeWorker).options(
-            num_cpus=0, max_concurrency=settings.worker_concurrency, scheduling_strategy="SPREAD")
+            num_cpus=0, memory=1, max_concurrency=settings.worker_concurrency, max_restarts=-1,
+            scheduling_strategy="SPREAD")
         self._workers = [actor.remote(settings, registry_factory) for _ in range(settings.workers)]
+        self._failed_at = [float("-inf")] * len(self._workers)
         self._turn = itertools.count()
 
-    def _next_worker(self):  # noqa: ANN202 - an ActorHandle
-        return self._workers[next(self._turn) % len(self._workers)]
+    def _next_worker(self) -> int:
+        """The next worker round robin, passing over those that failed lately (unless all did)."""
+        now = time.monotonic()
+        for _ in range(len(self._workers)):
+            index = next(self._turn) % len(self._workers)
+            if now - self._failed_at[index] >= _SUSPECT_S:
+                break
+        return index
 
     async def placements(self, timeout_s: float = 10.0) -> list[Placement]:
         """Where each worker lives; raises TimeoutError if one does not answer in time."""
@@ -131,40 +156,61 @@ class RayRunner:
         return list(await asyncio.wait_for(asyncio.gather(*refs), timeout_s))
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
-        ref = self._next_worker().preflight.remote(spec, context)
-        try:
-            return await self._bounded(ref, self._settings.tool_timeout_s + _GRACE_S)
-        except (TimeoutError, RayError) as exc:
-            return [ActionRequired(node_id=spec.id, kind="preflight_failed",
-                                   message=f"checking node {spec.id!r} did not complete "
-                                           f"({type(exc).__name__}); try again")]
+        timeout_s = self._settings.tool_timeout_s + _GRACE_S
+        for _ in range(_WORKER_ATTEMPTS):
+            index = self._next_worker()
+            try:
+                return await self._bounded(self._workers[index].preflight.remote(spec, context), timeout_s)
+            except RayActorError as exc:  # a check has no effect outside: ask another worker
+                self._failed_at[index] = time.monotonic()
+                failure: Exception = exc
+            except (TimeoutError, RayError) as exc:
+                failure = exc
+                break
+        return [ActionRequired(node_id=spec.id, kind="preflight_failed",
+                               message=f"checking node {spec.id!r} did not complete "
+                                       f"({type(failure).__name__}); try again")]
 
     async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
         started = time.time()
         timeout_s = node_timeout_s(task.spec, self._settings) + _GRACE_S
-        try:
-            if on_token is None:
-                return await self._bounded(self._next_worker().run.remote(task), timeout_s)
-            return await self._streamed(task, on_token, timeout_s)
-        except TimeoutError:
-            error = ErrorInfo(code="node_timeout", retryable=True,
-                              message=f"node {task.spec.id!r} got no answer from its worker within "
-                                      f"{timeout_s:g} s")
-        except RayActorError:
-            error = ErrorInfo(code="worker_died", retryable=True,
-                              message=f"the worker running node {task.spec.id!r} died; run again")
-        except RayError as exc:
-            log.exception("node %s: Ray error", task.spec.id, extra={"run_id": task.context.run_id})
-            error = ErrorInfo(code="runtime_error", retryable=True,
-                              message=f"node {task.spec.id!r} could not be run on Ray ({type(exc).__name__})")
+        lost = 0  # attempts lost with workers that died under the node
+        while True:
+            index = self._next_worker()
+            try:
+                if on_token is None:
+                    result = await self._bounded(self._workers[index].run.remote(task), timeout_s)
+                else:
+                    result = await self._streamed(index, task, on_token, lost, timeout_s)
+                return _with_lost_attempts(result, lost, started) if lost else result
+            except TimeoutError:
+                error = ErrorInfo(code="node_timeout", retryable=True,
+                                  message=f"node {task.spec.id!r} got no answer from its worker within "
+                                          f"{timeout_s:g} s")
+            except RayActorError as exc:
+                self._failed_at[index] = time.monotonic()
+                lost += 1
+                resend = isinstance(task.spec, LLMNodeSpec) and lost < _WORKER_ATTEMPTS
+                log.warning("node %s: its worker died (%s)%s", task.spec.id, type(exc).__name__,
+                            "; sending it to another worker" if resend else "",
+                            extra={"run_id": task.context.run_id})
+                if resend:
+                    continue
+                error = _worker_died(task, lost)
+            except RayError as exc:
+                log.exception("node %s: Ray error", task.spec.id, extra={"run_id": task.context.run_id})
+                error = ErrorInfo(code="runtime_error", retryable=True,
+                                  message=f"node {task.spec.id!r} could not be run on Ray ({type(exc).__name__})")
+            break
         finished = time.time()
         spec = task.spec
         return NodeResult(id=spec.id, name=spec.name, type=spec.type, status="failed", error=error,
-                          started_at=started, finished_at=finished, attempts=1,
+                          started_at=started, finished_at=finished, attempts=max(lost, 1),
                           duration_ms=round((finished - started) * 1000, 3))
 
-    async def _streamed(self, task: NodeTask, on_token: TokenCallback, timeout_s: float) -> NodeResult:
-        chunks = self._next_worker().run_streaming.options(num_returns="streaming").remote(task)
+    async def _streamed(self, index: int, task: NodeTask, on_token: TokenCallback, lost: int,
+                        timeout_s: float) -> NodeResult:
+        chunks = self._workers[index].run_streaming.options(num_returns="streaming").remote(task)
         try:
             async with asyncio.timeout(timeout_s):
                 async for ref in chunks:
@@ -172,7 +218,7 @@ class RayRunner:
                     if isinstance(item, NodeResult):
                         return item
                     for attempt, text in item.pieces:
-                        on_token(text, attempt)
+                        on_token(text, attempt + lost)  # a resent node streams as a later attempt
         except BaseException:
             ray.cancel(chunks)
             raise
@@ -186,3 +232,21 @@ class RayRunner:
         except BaseException:
             ray.cancel(ref)
             raise
+
+
+def _with_lost_attempts(result: NodeResult, lost: int, started: float) -> NodeResult:
+    """A node resent after its worker died: it started on the first worker, and counts the
+    attempts lost with the dead ones."""
+    duration = None if result.finished_at is None else round((result.finished_at - started) * 1000, 3)
+    return result.model_copy(update={"attempts": result.attempts + lost, "started_at": started,
+                                     "duration_ms": duration})
+
+
+def _worker_died(task: NodeTask, lost: int) -> ErrorInfo:
+    node_id = task.spec.id
+    if isinstance(task.spec, LLMNodeSpec):
+        return ErrorInfo(code="worker_died", retryable=True,
+                         message=f"the workers running node {node_id!r} died {lost} times; run again")
+    return ErrorInfo(code="worker_died", retryable=False,
+                     message=f"the worker running tool node {node_id!r} died mid-call; its calls may "
+                             "have reached the provider, so they were not repeated")
