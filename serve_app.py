@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from graph.engine import run_workflow
 from graph.errors import BodyTooLarge, InvalidRequest, SesameError
+from graph.loop_monitor import LoopMonitor
 from graph.runtime import RayRunner
 from graph.schema import ErrorResponse, RunRequest, RunResponse
 from graph.settings import Settings
@@ -122,6 +123,7 @@ class SesameIngress:
         self._settings = Settings(**(settings_overrides or {}))
         self._known_kinds = build_registry(self._settings).known()
         self._runner = RayRunner(self._settings, build_registry)
+        self._loop_monitor = LoopMonitor().start()  # its figures are in GET /healthz
 
     @api.post("/", response_model=RunResponse, responses=_ERRORS, openapi_extra=_RUN_BODY,
               summary="Run a workflow and answer with every node's output")
@@ -140,7 +142,8 @@ class SesameIngress:
         except Exception as exc:  # a dead or hung worker is a 503, not a 500
             return _error(request, 503, "workers_unavailable", f"node workers did not answer ({type(exc).__name__})")
         return JSONResponse({"status": "ok", "workers": len(placements),
-                             "ray_nodes": len({p.ray_node_id for p in placements})})
+                             "ray_nodes": len({p.ray_node_id for p in placements}),
+                             "event_loop": self._loop_monitor.snapshot()})
 
 
 
