@@ -26,7 +26,7 @@ from bench.graphs import build
 from graph.loop_monitor import BUCKETS_MS, LoopMonitor
 
 _SAMPLE_EVERY_S = 0.5
-_SETTLE_S = 3.0
+_SETTLE_S = 3.0  # after a load, before reading the memory it settled at
 
 
 class Processes:
@@ -126,12 +126,14 @@ def merge_lags(windows: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     return lag_window(before, after)
 
 
-async def _open_window(loop_snapshot: Any, processes: Processes) -> tuple[dict[str, Any], dict[str, float]]:
+async def _open_window(loop_snapshot: Any, processes: Processes,
+                       collect: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
     """Collect garbage and read the CPU counters, then let the loop monitor record that pause
     *before* the window opens: the bench's own work must not count as the engine's."""
-    gc.collect()
+    if collect:
+        gc.collect()
     cpu = processes.cpu()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.03)
     return await loop_snapshot(), cpu
 
 
@@ -187,7 +189,7 @@ async def measure(engine: Engine, plan: dict[str, Any], stub_pids: dict[str, int
         cpu: dict[str, float] = {}
         lags: list[dict[str, Any] | None] = []
         for repeat in range(plan["repeats"]):
-            lag_before, cpu_before = await _open_window(loop_snapshot, processes)
+            lag_before, cpu_before = await _open_window(loop_snapshot, processes, plan.get("collect_garbage", True))
             started = time.perf_counter()
             await engine.run(prepared, f"{engine.name}-{graph.name}-{repeat}")
             walls.append(time.perf_counter() - started)
@@ -228,15 +230,14 @@ async def _one_load(engine: Engine, prepared: Any, graph: dict[str, Any], load: 
                 continue
             latencies.append(time.perf_counter() - started)
 
-    lag_before, cpu_before = await _open_window(loop_snapshot, processes)
+    lag_before, cpu_before = await _open_window(loop_snapshot, processes, load.get("collect_garbage", True))
     with _Sampler(processes) as sampler:
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(load["concurrency"])))
         wall = time.perf_counter() - started
     cpu = _cpu_summary(_delta(processes.cpu(), cpu_before), wall)
     lag = lag_window(lag_before, await loop_snapshot())
-    await asyncio.sleep(_SETTLE_S)
-    gc.collect()
+    await asyncio.sleep(load.get("settle_s", _SETTLE_S))
     settled = processes.memory()
     return {
         "graph": graph, "concurrency": load["concurrency"], "total": load["total"], "wall_s": wall,
