@@ -23,6 +23,7 @@ import psutil
 
 from bench.engines import Engine
 from bench.graphs import build
+from bench.profile import Profiler
 from graph.loop_monitor import BUCKETS_MS, LoopMonitor
 
 _SAMPLE_EVERY_S = 0.5
@@ -43,6 +44,18 @@ class Processes:
         for proc in children:
             self._known.setdefault(proc.pid, proc)  # keep the object: it caches create_time
         return [self._known[p.pid] for p in children]
+
+    def profile_targets(self) -> dict[str, int]:
+        """The processes worth profiling: the driver and Sesame's own Ray processes (one each)."""
+        targets = {"driver": self._driver.pid}
+        for proc in self._tree():
+            try:
+                group = _group(proc)
+            except psutil.Error:
+                continue
+            if group.startswith(("ray::NodeWorker", "ray::ServeReplica", "ray::ProxyActor")):
+                targets.setdefault(group, proc.pid)
+        return targets
 
     def memory(self) -> dict[str, int]:
         """RSS in bytes: the driver, and the sum over its descendants (the Ray cluster)."""
@@ -208,6 +221,12 @@ async def measure(engine: Engine, plan: dict[str, Any], stub_pids: dict[str, int
         for index in range(load["loads"]):
             result["loads"].append(await _one_load(engine, prepared, graph.describe(), load, index,
                                                    processes, loop_snapshot))
+        if plan.get("profile_dir"):
+            profiler = Profiler(Path(plan["profile_dir"]), engine.name, processes.profile_targets())
+            with profiler:
+                result["profiled_load"] = await _one_load(engine, prepared, graph.describe(), load, -1,
+                                                          processes, loop_snapshot)
+            result["profile"] = profiler.summaries()
     await engine.close()
     monitor.stop()
     return result

@@ -195,3 +195,23 @@ def tables(summary: dict[str, Any], engines: list[str]) -> str:
         value = t["value"] if not isinstance(t["value"], float) else f"{t['value']:.2f}"
         lines.append(f"| {t['target']} | {value} | {met} | {t['note']} |")
     return "\n".join(lines)
+
+
+def profiles(results: dict[str, dict[str, Any]], top: int = 6) -> str:
+    """The py-spy summaries of a `--profile` run: per engine and process, where samples fell."""
+    lines: list[str] = []
+    for engine, result in results.items():
+        profiled = result.get("profile")
+        if not profiled:
+            continue
+        load = result["profiled_load"]
+        lines += ["", f"Profile of {TITLES.get(engine, engine)} during one extra load "
+                  f"({load['workflows_per_s']:.0f} workflows/s under py-spy; CPU ms per workflow by process: "
+                  + ", ".join(f"{k} {v / max(load['succeeded'], 1) * 1000:.1f}"
+                              for k, v in load["cpu"]["by_process"].items() if v > 0.05) + ")"]
+        for process, summary in profiled.items():
+            areas = ", ".join(f"{k} {v}%" for k, v in list(summary["self_by_area_pct"].items())[:top])
+            files = ", ".join(f"{k} {v}%" for k, v in list(summary["inclusive_by_sesame_file_pct"].items())[:top])
+            lines.append(f"- {process} ({summary['samples']} samples): self by area: {areas}; "
+                         f"inclusive in Sesame files: {files or 'none'}")
+    return "\n".join(lines)

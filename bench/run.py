@@ -52,10 +52,13 @@ def plan_for(args: argparse.Namespace) -> dict[str, Any]:
                      width=args.diamond[0], depth=args.diamond[1]),
                graph("random_dag", f"random-{args.random[0]}", n=args.random[0], layers=args.random[1],
                      seed=args.seed)]
+    if args.graphs is not None:
+        graphs = [g for g in graphs if g["shape"] in args.graphs]
     load = None if args.loads == 0 else {"graph": reference, "concurrency": args.load_concurrency,
                                          "total": args.load_total or 2 * args.load_concurrency,
                                          "loads": args.loads}
-    return {"graphs": graphs, "repeats": args.repeats, "load": load}
+    return {"graphs": graphs, "repeats": args.repeats, "load": load,
+            "profile_dir": str(Path(args.profile).resolve()) if args.profile else None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,11 +74,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fan-out", type=lambda s: [int(x) for x in s.split(",")], help="fan-out widths, e.g. 100,500")
     parser.add_argument("--diamond", type=lambda s: [int(x) for x in s.split("x")], help="lattice WIDTHxDEPTH")
     parser.add_argument("--random", type=lambda s: [int(x) for x in s.split("/")], help="random DAG NODES/LAYERS")
+    parser.add_argument("--graphs", type=lambda s: [x for x in s.split(",") if x],
+                        help="only these shapes (reference,chain,fan_out,diamond,random_dag); '' = none")
     parser.add_argument("--seed", type=int, default=7, help="seed of the random DAG")
     parser.add_argument("--load-concurrency", type=int, help="concurrent clients in the load")
     parser.add_argument("--load-total", type=int, help="workflows per load (default 2 × concurrency)")
     parser.add_argument("--loads", type=int, help="repeated loads (to see memory growth); 0 = no load")
     parser.add_argument("--out", help="JSON results path (default bench/results/bench-<time>.json)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="after the loads, run one more under py-spy and summarise where the CPU went")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {"repeats": 3 if quick else 5, "fan_out": [100, 500], "diamond": [5, 5] if quick else [10, 10],
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
           f"langgraph {m['versions']['langgraph']}; load average before/after "
           f"{load_before[0]:.2f}/{out['load_average_after'][0]:.2f}; {args.repeats} repeats per graph")
     print(report.tables(summary, [e for e in args.engines if e in results]))
+    print(report.profiles(results))
     missing = [e for e in args.engines if e not in results]
     if missing:
         print(f"\nengines that failed: {', '.join(missing)} (see the log above)")
