@@ -1,16 +1,21 @@
-"""One engine, measured in a process of its own (started by bench.run).
+"""One engine in a process of its own, measured step by step on bench.run's command.
 
-    python -m bench.engine_process ENGINE PLAN.json OUT.json
+    python -m bench.engine_process ENGINE PLAN.json REPLY_FD
 
-Each engine gets a fresh process so that nothing one engine left behind (threads, a Ray
-cluster, garbage) weighs on the next. The Sesame engines start their own local Ray cluster (and
-Serve, for HTTP) here, after the environment (stub URLs, keys) is set, and stop it at the end.
+Reads one JSON command a line on stdin — `{"op": "start"}`, then
+`{"op": "prepare"|"time"|"finish", "graph": i}`,
+`{"op": "load", "index": i}`, `{"op": "profile"}`, `{"op": "close"}` — and answers each with
+one JSON line on REPLY_FD (`{"ok": true, "value": ...}` or `{"ok": false, "error": ...}`);
+"close" answers with the engine's raw results. Own processes keep engines apart (threads, a Ray
+cluster, garbage); the Sesame engines start their own local Ray (and Serve, for HTTP) here,
+after the environment (stub URLs, keys) is set, and stop it at the end. Stdin closing stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any
 
 from bench import sesame_adapter
 from bench.engines import Engine, LangGraph, PlainAsyncio
-from bench.measure import measure
+from bench.measure import Session
 
 ENGINES = ("asyncio", "langgraph", "sesame-local", "sesame-ray", "sesame-http")
 
@@ -52,22 +57,45 @@ def in_process_threads() -> int:
     return config.workers * config.worker_threads
 
 
+async def serve_commands(session: Session, replies: Any) -> None:
+    loop = asyncio.get_running_loop()
+    steps = {"start": lambda c: session.start(), "prepare": lambda c: session.prepare(c["graph"]), "time": lambda c: session.time_graph(c["graph"]),
+             "load": lambda c: session.load(c["index"]), "profile": lambda c: session.profile()}
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command = json.loads(line)
+        try:
+            if command["op"] == "close":
+                value: Any = await session.close()
+            elif command["op"] == "finish":
+                value = session.finish_graph(command["graph"])
+            else:
+                value = await steps[command["op"]](command)
+            reply = {"ok": True, "value": value}
+        except Exception as exc:  # reported to bench.run, which drops this engine
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        if command["op"] == "close" or not reply["ok"]:
+            return
+
+
 def main() -> None:
-    name, plan_path, out_path = sys.argv[1:4]
+    name, plan_path, reply_fd = sys.argv[1:4]
     plan: dict[str, Any] = json.loads(Path(plan_path).read_text())
     uses_ray = name in ("sesame-ray", "sesame-http")
+    replies = os.fdopen(int(reply_fd), "w")
     if uses_ray:
         sesame_adapter.start_ray()
     try:
         serve_url = sesame_adapter.start_serve(_free_port()) if name == "sesame-http" else None
-        engine = build_engine(name, serve_url)
-        result = asyncio.run(measure(engine, {**plan, "threads": in_process_threads()}, plan["stub_pids"]))
+        session = Session(build_engine(name, serve_url), {**plan, "threads": in_process_threads()},
+                          plan["stub_pids"])
+        asyncio.run(serve_commands(session, replies))
     finally:
         if name == "sesame-http":
             sesame_adapter.stop_serve()
         if uses_ray:
             sesame_adapter.stop_ray()
-    Path(out_path).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -180,56 +180,112 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def measure(engine: Engine, plan: dict[str, Any], stub_pids: dict[str, int]) -> dict[str, Any]:
-    """Every figure of one engine, raw. `plan` is bench.run's plan (graphs, repeats, load)."""
-    loop = asyncio.get_running_loop()
-    # asyncio's default pool has 6 threads on 2 cores; Sesame's worker actors have
-    # SESAME_WORKER_THREADS each. In-process engines get as many threads as the whole pool.
-    loop.set_default_executor(ThreadPoolExecutor(plan["threads"], thread_name_prefix="sdk"))
-    monitor = LoopMonitor().start()
-    processes = Processes(stub_pids)
-    await engine.start()
+class Session:
+    """One engine under measurement, driven step by step — so that bench.run can interleave the
+    engines (each repeat of a graph runs on every engine within seconds, under the same noise
+    from the rest of the machine). `measure` runs every step in order, for one engine alone."""
 
-    async def loop_snapshot() -> dict[str, Any]:
-        return await engine.loop_snapshot() or monitor.snapshot()
+    def __init__(self, engine: Engine, plan: dict[str, Any], stub_pids: dict[str, int]):
+        self.engine = engine
+        self.plan = plan
+        self._processes = Processes(stub_pids)
+        self._monitor = LoopMonitor()
+        self._graphs: dict[int, tuple[Any, Any]] = {}
+        self._runs: dict[int, list[dict[str, Any]]] = {}
+        self._load: tuple[dict[str, Any], Any] | None = None
+        self.result: dict[str, Any] = {"engine": engine.name, "graphs": [], "loads": []}
 
-    result: dict[str, Any] = {"engine": engine.name, "graphs": [], "loads": []}
-    for spec in plan["graphs"]:
-        graph = build(spec)
-        prepared = await engine.prepare(graph)
-        await engine.run(prepared, f"{engine.name}-{graph.name}-warm")
-        walls: list[float] = []
+    async def start(self) -> None:
+        # asyncio's default pool has 6 threads on 2 cores; Sesame's worker actors have
+        # SESAME_WORKER_THREADS each. In-process engines get as many threads as the whole pool.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self.plan["threads"], thread_name_prefix="sdk"))
+        self._monitor.start()
+        await self.engine.start()
+
+    async def _loop_snapshot(self) -> dict[str, Any]:
+        return await self.engine.loop_snapshot() or self._monitor.snapshot()
+
+    async def prepare(self, index: int) -> None:
+        """Build graph `index` of the plan, prepare it for the engine, and run it once (warm-up)."""
+        graph = build(self.plan["graphs"][index])
+        prepared = await self.engine.prepare(graph)
+        await self.engine.run(prepared, f"{self.engine.name}-{graph.name}-warm")
+        self._graphs[index] = (graph, prepared)
+        self._runs[index] = []
+
+    async def time_graph(self, index: int) -> float:
+        """One timed run of graph `index` (prepared); returns its wall time."""
+        graph, prepared = self._graphs[index]
+        runs = self._runs[index]
+        lag_before, cpu_before = await _open_window(self._loop_snapshot, self._processes,
+                                                    self.plan.get("collect_garbage", True))
+        started = time.perf_counter()
+        await self.engine.run(prepared, f"{self.engine.name}-{graph.name}-{len(runs)}")
+        wall = time.perf_counter() - started
+        runs.append({"wall_s": wall, "cpu": _delta(self._processes.cpu(), cpu_before),
+                     "lag": lag_window(lag_before, await self._loop_snapshot())})
+        return wall
+
+    def finish_graph(self, index: int) -> None:
+        graph, _ = self._graphs.pop(index)
+        runs = self._runs.pop(index)
+        walls = [run["wall_s"] for run in runs]
         cpu: dict[str, float] = {}
-        lags: list[dict[str, Any] | None] = []
-        for repeat in range(plan["repeats"]):
-            lag_before, cpu_before = await _open_window(loop_snapshot, processes, plan.get("collect_garbage", True))
-            started = time.perf_counter()
-            await engine.run(prepared, f"{engine.name}-{graph.name}-{repeat}")
-            walls.append(time.perf_counter() - started)
-            for group, seconds in _delta(processes.cpu(), cpu_before).items():
+        for run in runs:
+            for group, seconds in run["cpu"].items():
                 cpu[group] = cpu.get(group, 0.0) + seconds
-            lags.append(lag_window(lag_before, await loop_snapshot()))
-        result["graphs"].append({**graph.describe(), "label": spec["label"], "walls_s": walls,
-                                 "median_s": statistics.median(walls), "cpu": _cpu_summary(cpu, sum(walls)),
-                                 "loop_lag": merge_lags(lags)})
+        self.result["graphs"].append({
+            **graph.describe(), "label": self.plan["graphs"][index]["label"], "walls_s": walls,
+            "median_s": statistics.median(walls), "cpu": _cpu_summary(cpu, sum(walls)),
+            "loop_lag": merge_lags([run["lag"] for run in runs])})
 
-    load = plan.get("load")
-    if load:
-        graph = build(load["graph"])
-        prepared = await engine.prepare(graph)
-        await engine.run(prepared, f"{engine.name}-load-warm")
-        for index in range(load["loads"]):
-            result["loads"].append(await _one_load(engine, prepared, graph.describe(), load, index,
-                                                   processes, loop_snapshot))
+    async def _prepared_load(self) -> tuple[dict[str, Any], Any]:
+        if self._load is None:
+            graph = build(self.plan["load"]["graph"])
+            prepared = await self.engine.prepare(graph)
+            await self.engine.run(prepared, f"{self.engine.name}-load-warm")
+            self._load = (graph.describe(), prepared)
+        return self._load
+
+    async def load(self, index: int) -> dict[str, Any]:
+        graph, prepared = await self._prepared_load()
+        figures = await _one_load(self.engine, prepared, graph, self.plan["load"], index,
+                                  self._processes, self._loop_snapshot)
+        self.result["loads"].append(figures)
+        return figures
+
+    async def profile(self) -> None:
+        """One more load under py-spy (not one of the measured loads: sampling costs CPU)."""
+        graph, prepared = await self._prepared_load()
+        profiler = Profiler(Path(self.plan["profile_dir"]), self.engine.name, self._processes.profile_targets())
+        with profiler:
+            self.result["profiled_load"] = await _one_load(self.engine, prepared, graph, self.plan["load"], -1,
+                                                           self._processes, self._loop_snapshot)
+        self.result["profile"] = profiler.summaries()
+
+    async def close(self) -> dict[str, Any]:
+        await self.engine.close()
+        self._monitor.stop()
+        return self.result
+
+
+async def measure(engine: Engine, plan: dict[str, Any], stub_pids: dict[str, int]) -> dict[str, Any]:
+    """Every figure of one engine alone, raw: each graph (warm-up, then `repeats` timed runs),
+    then the loads, then the profiled load if asked for."""
+    session = Session(engine, plan, stub_pids)
+    await session.start()
+    for index in range(len(plan["graphs"])):
+        await session.prepare(index)
+        for _ in range(plan["repeats"]):
+            await session.time_graph(index)
+        session.finish_graph(index)
+    if plan.get("load"):
+        for index in range(plan["load"]["loads"]):
+            await session.load(index)
         if plan.get("profile_dir"):
-            profiler = Profiler(Path(plan["profile_dir"]), engine.name, processes.profile_targets())
-            with profiler:
-                result["profiled_load"] = await _one_load(engine, prepared, graph.describe(), load, -1,
-                                                          processes, loop_snapshot)
-            result["profile"] = profiler.summaries()
-    await engine.close()
-    monitor.stop()
-    return result
+            await session.profile()
+    return await session.close()
 
 
 async def _one_load(engine: Engine, prepared: Any, graph: dict[str, Any], load: dict[str, Any],
@@ -269,5 +325,5 @@ async def _one_load(engine: Engine, prepared: Any, graph: dict[str, Any], load: 
         "peak_rss_total": max((s["cluster"] + s["driver"] for s in sampler.samples), default=0),
         "settled_rss_cluster": settled["cluster"], "settled_rss_driver": settled["driver"],
         "rss_samples": len(sampler.samples), "cpu": cpu, "loop_lag": lag,
-        "pid": os.getpid(), "lag_buckets_ms": list(BUCKETS_MS),
+        "pid": os.getpid(), "lag_buckets_ms": list(BUCKETS_MS), "load_average": os.getloadavg()[0],
     }

@@ -66,6 +66,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "loop_worst_lag": [(r["loop_lag"] or {}).get("worst") for r in runs],
             "loop_p99_lag": [(r["loop_lag"] or {}).get("p99") for r in runs],
             "loop_stalls": sum((r["loop_lag"] or {}).get("stalls", 0) for r in runs),
+            "stall_stacks": [s for r in runs for s in (r["loop_lag"] or {}).get("stall_stacks", [])][:3],
         }
     peer_rate = loads.get(PEER, {}).get("workflows_per_s")
     floor_rate = loads.get(FLOOR, {}).get("workflows_per_s")
@@ -122,6 +123,17 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         add("replica event loop never stalls ≥ 100 ms under load", http["loop_stalls"], http["loop_stalls"] == 0,
             f"worst lag bucket per load: {', '.join(str(w) for w in http['loop_worst_lag'])}")
     return out
+
+
+_IDLE = ("wait", "select", "_wait_for_tstate_lock", "poll", "accept", "get", "sleep", "readline", "_worker")
+
+
+def _idle(frame: str) -> bool:
+    return frame.rsplit(" ", 1)[-1] in _IDLE
+
+
+def results_loads(summary: dict[str, Any], engine: str) -> list[list[dict[str, Any]]]:
+    return [summary["loads"].get(engine, {}).get("stall_stacks", [])]
 
 
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
@@ -188,6 +200,17 @@ def tables(summary: dict[str, Any], engines: list[str]) -> str:
                          f"{f['p50_s'] * 1000:.0f} | {f['p99_s'] * 1000:.0f} | {_num(f['p99_over_p50'])} | "
                          f"{f['failed']} | {rss} | {f['settled_growth'] / MIB:+.0f} | "
                          f"{f['cpu_ms_per_workflow']:.1f} | {f['engine_cores']:.2f} / {f['stub_cores']:.2f} | {lag} |")
+
+    stalls = [(e, s) for e in engines for load in results_loads(summary, e) for s in load]
+    if stalls:
+        lines += ["", "Event-loop stalls (a 10 ms beat ≥ 100 ms late) during the loads: the loop thread's innermost "
+                  "frames, and the other threads busy in Python at that moment", ""]
+        for engine, stall in stalls[:6]:
+            busy = {name: frames[-1] for name, frames in stall.get("other_threads", {}).items()
+                    if frames and not _idle(frames[-1])}
+            lines.append(f"- {TITLES.get(engine, engine)}: {stall['overdue_ms']:.0f} ms late in "
+                         f"{' ← '.join(reversed(stall['stack'][-2:])) or '(no Python frame)'}; busy threads: "
+                         f"{'; '.join(f'{n}: {f}' for n, f in busy.items()) or 'none'}")
 
     lines += ["", "Targets (issue 4)", "", "| target | value | met | note |", "|---|---:|---|---|"]
     for t in summary["targets"]:

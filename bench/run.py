@@ -5,7 +5,8 @@
     scripts/bench --help     # every size and flag
 
 Engines: plain asyncio (the floor), LangGraph, Sesame in-process (its scheduler, no Ray), Sesame
-through its Python entry point on Ray, Sesame over HTTP (Serve). All call the same loopback
+through its Python entry point on Ray, Sesame over HTTP (Serve) — each in a process of its own,
+all alive at once and interleaved run by run, so the machine's noise falls on them alike. All call the same loopback
 OpenAI stub through the real openai SDK, and the reference workflow's Gmail tool goes through
 the real composio SDK to the Composio stub. Writes bench/results/bench-<time>.json.
 """
@@ -17,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import select
 import signal
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from bench.graphs import USER_ID
 from bench.stubs import COMPOSIO_KEY, ROOT, StubProcess
 
 OPENAI_KEY = "bench-openai-key"
-_ENGINE_TIMEOUT_S = 3600
+_STEP_TIMEOUT_S = 1800  # one step (a run, a load) of one engine
 
 
 def plan_for(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,28 +114,94 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "versions": versions}
 
 
-def _run_engine(name: str, plan: dict[str, Any], env: dict[str, str], workdir: Path) -> dict[str, Any] | None:
-    plan_path, out_path = workdir / f"{name}.plan.json", workdir / f"{name}.out.json"
-    plan_path.write_text(json.dumps(plan))
-    started = time.monotonic()
-    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-    process = subprocess.Popen([sys.executable, "-m", "bench.engine_process", name, str(plan_path), str(out_path)],
-                               cwd=ROOT, env=env, start_new_session=True)
-    try:
-        code = process.wait(timeout=_ENGINE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        code = None
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    took = time.monotonic() - started
-    if code != 0 or not out_path.exists():
-        print(f"[bench] {name} FAILED (exit {code}) after {took:.0f} s", file=sys.stderr, flush=True)
-        return None
-    print(f"[bench] {name} done in {took:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(out_path.read_text())
+class EngineProcess:
+    """One engine's process (bench.engine_process), driven by commands; a failed engine is
+    dropped (`failed` says why) and the others go on."""
+
+    def __init__(self, name: str, plan: dict[str, Any], env: dict[str, str], workdir: Path):
+        self.name = name
+        self.failed: str | None = None
+        plan_path = workdir / f"{name}.plan.json"
+        plan_path.write_text(json.dumps(plan))
+        reply_read, reply_write = os.pipe()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.engine_process", name, str(plan_path), str(reply_write)],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, text=True, pass_fds=(reply_write,),
+            start_new_session=True)
+        os.close(reply_write)
+        self._replies = os.fdopen(reply_read, "r")
+
+    def call(self, op: str, **args: Any) -> Any:
+        if self.failed:
+            return None
+        try:
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps({"op": op, **args}) + "\n")
+            self._process.stdin.flush()
+            ready, _, _ = select.select([self._replies], [], [], _STEP_TIMEOUT_S)
+            line = self._replies.readline() if ready else ""
+        except OSError as exc:
+            line = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        if not line:
+            line = json.dumps({"ok": False, "error": f"no answer to {op!r} (exit code {self._process.poll()})"})
+        reply = json.loads(line)
+        if not reply["ok"]:
+            self.failed = f"{op}: {reply['error']}"
+            print(f"[bench] {self.name} FAILED at {self.failed}", file=sys.stderr, flush=True)
+            self.stop()
+            return None
+        return reply["value"]
+
+    def stop(self) -> None:
+        if self._replies.closed:
+            return
+        if self._process.stdin and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self._replies.close()
+
+
+def measure_all(engines: list[EngineProcess], plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Interleaved: every engine prepares a graph, then each repeat runs on every engine in turn
+    (the order rotating), then the same for each load — so noise from the rest of the machine
+    falls on all engines alike, instead of on whichever ran during it."""
+    def each(op: str, rotate: int = 0, **args: Any) -> None:
+        for engine in engines[rotate % len(engines):] + engines[:rotate % len(engines)]:
+            engine.call(op, **args)
+
+    def log(message: str) -> None:
+        print(f"[bench] {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+    log("starting " + ", ".join(e.name for e in engines))
+    each("start")
+    for index, spec in enumerate(plan["graphs"]):
+        log(f"{spec['label']}: warm-up and {plan['repeats']} repeats per engine")
+        each("prepare", graph=index)
+        for repeat in range(plan["repeats"]):
+            each("time", rotate=repeat, graph=index)
+        each("finish", graph=index)
+    load = plan.get("load")
+    if load:
+        for index in range(load["loads"]):
+            log(f"load {index + 1} of {load['loads']}: {load['concurrency']} clients, {load['total']} workflows")
+            each("load", rotate=index, index=index)
+        if plan.get("profile_dir"):
+            log("one more load per engine under py-spy")
+            each("profile")
+    results = {}
+    for engine in engines:
+        result = engine.call("close")
+        engine.stop()
+        if result is not None:
+            results[engine.name] = result
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,10 +218,12 @@ def main(argv: list[str] | None = None) -> None:
                "COMPOSIO_BASE_URL": composio.base_url, "COMPOSIO_API_KEY": COMPOSIO_KEY,
                "PYTHONPATH": str(ROOT)}
         with tempfile.TemporaryDirectory(prefix="sesame-bench-") as workdir:
-            for name in args.engines:
-                result = _run_engine(name, plan, env, Path(workdir))
-                if result is not None:
-                    results[name] = result
+            engines = [EngineProcess(name, plan, env, Path(workdir)) for name in args.engines]
+            try:
+                results = measure_all(engines, plan)
+            finally:
+                for engine in engines:
+                    engine.stop()
     finally:
         openai.stop()
         composio.stop()

@@ -5,6 +5,7 @@ Two parts:
   *lag*) in a histogram of monotonic counters, so a reader can difference two snapshots;
 - a watchdog thread notices when the heartbeat is `stall_s` overdue and samples the loop
   thread's stack right then: a blocking call (sync I/O, a CPU-heavy step) shows up by name.
+  It samples the process's other threads too: one busy in Python starves the loop of the GIL.
 
 Lag also grows when the loop is merely busy (many ready callbacks); the sampled stacks tell the
 two apart. `snapshot()` is JSON-ready. It must not import Ray, FastAPI or the engine.
@@ -24,6 +25,7 @@ from typing import Any
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _STACK_FRAMES = 8
 _STALLS_KEPT = 5
+_OTHER_THREADS = 12
 
 
 class LoopMonitor:
@@ -93,8 +95,18 @@ class LoopMonitor:
             if overdue < self._stall_s or beat == reported_beat or self._loop_thread is None:
                 continue
             reported_beat = beat
-            frame = sys._current_frames().get(self._loop_thread)
-            stack = [f"{f.filename}:{f.lineno} {f.name}"
-                     for f in traceback.extract_stack(frame)[-_STACK_FRAMES:]] if frame else []
+            frames = sys._current_frames()
+            names = {thread.ident: thread.name for thread in threading.enumerate()}
+            others = {names.get(ident, str(ident)): _stack(frame, 2) for ident, frame in frames.items()
+                      if ident not in (self._loop_thread, threading.get_ident())}
             self._stall_count += 1
-            self._stalls.append({"at": time.time(), "overdue_ms": round(overdue * 1000, 1), "stack": stack})
+            self._stalls.append({"at": time.time(), "overdue_ms": round(overdue * 1000, 1),
+                                 "stack": _stack(frames.get(self._loop_thread), _STACK_FRAMES),
+                                 # who else ran Python meanwhile (a busy thread can starve the loop of the GIL)
+                                 "other_threads": dict(list(others.items())[:_OTHER_THREADS])})
+
+
+def _stack(frame: Any, depth: int) -> list[str]:
+    if frame is None:
+        return []
+    return [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-depth:]]
