@@ -67,6 +67,17 @@ class Processes:
                 pass
         return {"driver": self._driver.memory_info().rss, "cluster": cluster}
 
+    def memory_by_group(self) -> dict[str, int]:
+        """RSS in bytes per process group of the driver's tree (to see which one grows)."""
+        groups = {"driver": self._driver.memory_info().rss}
+        for proc in self._tree():
+            try:
+                group, rss = _group(proc), proc.memory_info().rss
+            except psutil.Error:
+                continue
+            groups[group] = groups.get(group, 0) + rss
+        return groups
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) so far, summed per process group (driver, stub:openai,
         raylet, ray::NodeWorker, ray::ServeReplica:…, …)."""
@@ -314,6 +325,7 @@ async def _one_load(engine: Engine, prepared: Any, graph: dict[str, Any], load: 
     lag = lag_window(lag_before, await loop_snapshot())
     await asyncio.sleep(load.get("settle_s", _SETTLE_S))
     settled = processes.memory()
+    settled_groups = processes.memory_by_group()
     return {
         "graph": graph, "concurrency": load["concurrency"], "total": load["total"], "wall_s": wall,
         "succeeded": len(latencies), "failed": len(failures), "failures": failures[:5],
@@ -324,6 +336,7 @@ async def _one_load(engine: Engine, prepared: Any, graph: dict[str, Any], load: 
         "peak_rss_driver": max((s["driver"] for s in sampler.samples), default=0),
         "peak_rss_total": max((s["cluster"] + s["driver"] for s in sampler.samples), default=0),
         "settled_rss_cluster": settled["cluster"], "settled_rss_driver": settled["driver"],
+        "settled_rss_by_process": settled_groups,
         "rss_samples": len(sampler.samples), "cpu": cpu, "loop_lag": lag,
         "pid": os.getpid(), "lag_buckets_ms": list(BUCKETS_MS), "load_average": os.getloadavg()[0],
     }

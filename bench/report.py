@@ -63,6 +63,8 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "stub_cores": statistics.median(r["cpu"]["stub_cores"] for r in runs),
             "cpu_ms_per_workflow": statistics.median(
                 r["cpu"]["engine_cpu_s"] / max(r["succeeded"], 1) * 1000 for r in runs),
+            "settled_growth_by_process": _growth(runs[0].get("settled_rss_by_process", {}),
+                                                 runs[-1].get("settled_rss_by_process", {})),
             "loop_worst_lag": [(r["loop_lag"] or {}).get("worst") for r in runs],
             "loop_p99_lag": [(r["loop_lag"] or {}).get("p99") for r in runs],
             "loop_stalls": sum((r["loop_lag"] or {}).get("stalls", 0) for r in runs),
@@ -79,6 +81,11 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary = {"graphs": list(graphs.values()), "loads": loads}
     summary["targets"] = targets(summary)
     return summary
+
+
+def _growth(first: dict[str, int], last: dict[str, int]) -> dict[str, int]:
+    growth = {k: last.get(k, 0) - first.get(k, 0) for k in {*first, *last}}
+    return dict(sorted(growth.items(), key=lambda kv: -abs(kv[1])))
 
 
 def _graph(summary: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -130,10 +137,6 @@ _IDLE = ("wait", "select", "_wait_for_tstate_lock", "poll", "accept", "get", "sl
 
 def _idle(frame: str) -> bool:
     return frame.rsplit(" ", 1)[-1] in _IDLE
-
-
-def results_loads(summary: dict[str, Any], engine: str) -> list[list[dict[str, Any]]]:
-    return [summary["loads"].get(engine, {}).get("stall_stacks", [])]
 
 
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
@@ -201,11 +204,18 @@ def tables(summary: dict[str, Any], engines: list[str]) -> str:
                          f"{f['failed']} | {rss} | {f['settled_growth'] / MIB:+.0f} | "
                          f"{f['cpu_ms_per_workflow']:.1f} | {f['engine_cores']:.2f} / {f['stub_cores']:.2f} | {lag} |")
 
-    stalls = [(e, s) for e in engines for load in results_loads(summary, e) for s in load]
+    growing = [(e, f["settled_growth_by_process"]) for e, f in loads.items() if f.get("settled_growth_by_process")]
+    if growing:
+        lines += ["", "Settled RSS growth from the first load to the last, by process (MiB)", ""]
+        for engine, growth in growing:
+            lines.append(f"- {TITLES.get(engine, engine)}: " + ", ".join(
+                f"{k} {v / MIB:+.0f}" for k, v in list(growth.items())[:6]))
+
+    stalls = [(e, s) for e in engines for s in loads.get(e, {}).get("stall_stacks", [])[:2]]
     if stalls:
         lines += ["", "Event-loop stalls (a 10 ms beat ≥ 100 ms late) during the loads: the loop thread's innermost "
                   "frames, and the other threads busy in Python at that moment", ""]
-        for engine, stall in stalls[:6]:
+        for engine, stall in stalls:
             busy = {name: frames[-1] for name, frames in stall.get("other_threads", {}).items()
                     if frames and not _idle(frames[-1])}
             lines.append(f"- {TITLES.get(engine, engine)}: {stall['overdue_ms']:.0f} ms late in "
