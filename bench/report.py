@@ -7,6 +7,7 @@ Tables are Markdown, so a run can be pasted into bench/RESULTS.md as printed.
 
 from __future__ import annotations
 
+import re
 import statistics
 from typing import Any
 
@@ -132,7 +133,17 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-_IDLE = ("wait", "select", "_wait_for_tstate_lock", "poll", "accept", "get", "sleep", "readline", "_worker")
+_IDLE = ("wait", "select", "_wait_for_tstate_lock", "poll", "accept", "get", "sleep", "readline", "_worker",
+         "run", "main_loop")  # Thread.run / Ray's main_loop as innermost frame: in C, not in Python
+
+
+def _short(frame: str) -> str:
+    """A frame without its install prefix: `graph/validation.py:83 f`, `httpcore2/_utils.py:47 g`."""
+    for prefix in (r"^.*site-packages/", r"^.*/lib/python3\.\d+/", r"^/work/[^/]+/"):
+        shortened = re.sub(prefix, "", frame)
+        if shortened != frame:
+            return shortened
+    return frame
 
 
 def _idle(frame: str) -> bool:
@@ -216,10 +227,10 @@ def tables(summary: dict[str, Any], engines: list[str]) -> str:
         lines += ["", "Event-loop stalls (a 10 ms beat ≥ 100 ms late) during the loads: the loop thread's innermost "
                   "frames, and the other threads busy in Python at that moment", ""]
         for engine, stall in stalls:
-            busy = {name: frames[-1] for name, frames in stall.get("other_threads", {}).items()
+            busy = {name: _short(frames[-1]) for name, frames in stall.get("other_threads", {}).items()
                     if frames and not _idle(frames[-1])}
             lines.append(f"- {TITLES.get(engine, engine)}: {stall['overdue_ms']:.0f} ms late in "
-                         f"{' ← '.join(reversed(stall['stack'][-2:])) or '(no Python frame)'}; busy threads: "
+                         f"{' ← '.join(_short(f) for f in reversed(stall['stack'][-2:])) or '(no Python frame)'}; busy threads: "
                          f"{'; '.join(f'{n}: {f}' for n, f in busy.items()) or 'none'}")
 
     lines += ["", "Targets (issue 4)", "", "| target | value | met | note |", "|---|---:|---|---|"]
