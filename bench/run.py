@@ -58,7 +58,7 @@ def plan_for(args: argparse.Namespace) -> dict[str, Any]:
         graphs = [g for g in graphs if g["shape"] in args.graphs]
     load = None if args.loads == 0 else {"graph": reference, "concurrency": args.load_concurrency,
                                          "total": args.load_total or 2 * args.load_concurrency,
-                                         "loads": args.loads}
+                                         "loads": args.loads, "settle_s": args.settle_s}
     return {"graphs": graphs, "repeats": args.repeats, "load": load,
             "profile_dir": str(Path(args.profile).resolve()) if args.profile else None}
 
@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-concurrency", type=int, help="concurrent clients in the load")
     parser.add_argument("--load-total", type=int, help="workflows per load (default 2 × concurrency)")
     parser.add_argument("--loads", type=int, help="repeated loads (to see memory growth); 0 = no load")
+    parser.add_argument("--settle-s", type=float, default=3.0,
+                        help="seconds to wait after each load before reading the RSS it settled at")
     parser.add_argument("--out", help="JSON results path (default bench/results/bench-<time>.json)")
     parser.add_argument("--profile", metavar="DIR",
                         help="after the loads, run one more under py-spy and summarise where the CPU went")

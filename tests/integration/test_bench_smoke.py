@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from bench.engine_process import ENGINES, build_engine
 from bench.graphs import USER_ID
 from bench.measure import measure
 from bench.run import parse_args, plan_for
-from bench.stubs import StubProcess
+from bench.stubs import ROOT, StubProcess
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +63,16 @@ def test_stubs_run_in_processes_of_their_own():
         assert stub.cpu_s() >= 0
     finally:
         stub.stop()
+
+
+def test_the_command_drives_engine_processes_and_writes_the_results(tmp_path):
+    # The in-process engines only: the Ray ones are covered above on the session's cluster.
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "bench", *TINY, "--loads", "1", "--settle-s", "0",
+                          "--engines", "asyncio,langgraph,sesame-local", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results["raw"]) == {"asyncio", "langgraph", "sesame-local"}
+    assert "| reference @5ms |" in run.stdout and "plain asyncio" in run.stdout
+    assert results["machine"]["cores"] >= 1 and results["summary"]["loads"]["langgraph"]["failed"] == 0
