@@ -1,6 +1,6 @@
 """The benchmark, end to end: stubs up, each engine measured in a process of its own, one table.
 
-    scripts/bench            # the full run (issue 4's sizes; ~15 min on 2 cores)
+    scripts/bench            # the full run (issue 4's sizes; ~20 min on 2 cores)
     scripts/bench --quick    # smaller graphs and load, ~3 min
     scripts/bench --help     # every size and flag
 
