@@ -35,6 +35,7 @@ from graph.batch_jobs import BatchJobs
 from graph.errors import BodyTooLarge, InvalidRequest, MalformedJSON, SesameError
 from graph.events import EventType
 from graph.runs import RunService
+from graph.loop_monitor import LoopMonitor
 from graph.runtime import RayRunner
 from graph.schema import (ConversationResponse, ErrorResponse, RunAccepted, RunRequest,
                           RunResponse)
@@ -230,6 +231,7 @@ class SesameIngress:
         self._runner = RayRunner(self._settings, build_registry)
         self._runs = RunService(self._settings, self._runner, SqlStore(self._settings.database_url))
         self._batches = BatchJobs(self._runs)
+        self._loop_monitor = LoopMonitor().start()  # its figures are in GET /healthz
         await self._runs.start()
         log.info("ingress ready; store %s", describe_url(self._settings.database_url))
 
@@ -368,7 +370,8 @@ class SesameIngress:
         except Exception as exc:  # a dead or hung worker is a 503, not a 500
             return _error(request, 503, "workers_unavailable", f"node workers did not answer ({type(exc).__name__})")
         return JSONResponse({"status": "ok", "workers": len(placements),
-                             "ray_nodes": len({p.ray_node_id for p in placements})})
+                             "ray_nodes": len({p.ray_node_id for p in placements}),
+                             "event_loop": self._loop_monitor.snapshot()})
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -87,7 +87,7 @@ def _wait_healthy(deployment: Deployment, ray_nodes: int, timeout_s: float = 90.
     while True:
         try:
             health = deployment.http.get("/healthz", timeout=10).json()
-            if health == {"status": "ok", "workers": WORKERS, "ray_nodes": ray_nodes}:
+            if (health.get("status"), health.get("workers"), health.get("ray_nodes")) == ("ok", WORKERS, ray_nodes):
                 return time.monotonic() - started
         except (httpx.HTTPError, ValueError):
             pass

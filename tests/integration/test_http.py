@@ -104,9 +104,12 @@ def test_unknown_routes_use_the_error_shape(client):
     assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_health_reports_the_worker_pool(client):
+def test_health_reports_the_worker_pool_and_the_event_loop(client):
     health = client.get("/healthz").json()
+    loop = health.pop("event_loop")  # graph.loop_monitor, watching the replica's event loop
     assert health == {"status": "ok", "workers": 2, "ray_nodes": 1}
+    assert loop["samples"] > 0 and loop["max_lag_ms"] >= 0
+    assert {"lag_histogram", "stalls", "recent_stalls"} <= set(loop)
 
 
 def test_openapi_documents_the_request_and_response(client):

@@ -1,0 +1,5 @@
+"""`python -m bench` (what scripts/bench runs): see bench.run."""
+
+from bench.run import main
+
+main()
