@@ -24,7 +24,7 @@ from typing import Annotated, Any, get_args
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
@@ -105,6 +105,12 @@ async def _read_body(request: Request, limit: int, setting: str = "SESAME_MAX_BO
         if len(body) > limit:
             raise BodyTooLarge(f"the body is over the limit of {limit} bytes ({setting})")
     return bytes(body)
+
+
+def _run_answer(run: RunResponse, headers: dict[str, str] | None = None) -> Response:
+    """A run as JSON, encoded by pydantic-core (json.dumps of the dumped dict was a visible
+    share of the ingress loop's time under load)."""
+    return Response(run.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -276,7 +282,7 @@ class SesameIngress:
             raise
         log.info("run %s %s in %.1f ms", run_id, response.status, response.duration_ms,
                  extra={"run_id": run_id, "request_id": _request_id(request)})
-        return JSONResponse(response.model_dump(mode="json"), headers=replayed)
+        return _run_answer(response, replayed)
 
     @api.post("/runs", status_code=202, response_model=RunAccepted, responses=_ERRORS,
               openapi_extra=_RUN_BODY, summary="Start a workflow in the background")
@@ -291,9 +297,9 @@ class SesameIngress:
 
     @api.get("/runs/{run_id}", response_model=RunResponse, responses=_ERRORS,
              summary="A run as it stands (the same shape as POST /)")
-    async def get_run(self, request: Request, run_id: RunId, user_id: UserId) -> JSONResponse:
+    async def get_run(self, request: Request, run_id: RunId, user_id: UserId) -> Response:
         run = await self._runs.get(run_id, self._tenant(request), user_id)
-        return JSONResponse(run.model_dump(mode="json"))
+        return _run_answer(run)
 
     @api.get("/runs/{run_id}/events", responses={**_ERRORS, 200: {"content": _EVENTS}},
              response_class=StreamingResponse,
@@ -308,9 +314,9 @@ class SesameIngress:
 
     @api.post("/runs/{run_id}/cancel", response_model=RunResponse, responses=_ERRORS,
               summary="Cancel a run; answers with the run once it stopped")
-    async def cancel_run(self, request: Request, run_id: RunId, user_id: UserId) -> JSONResponse:
+    async def cancel_run(self, request: Request, run_id: RunId, user_id: UserId) -> Response:
         run = await self._runs.cancel(run_id, self._tenant(request), user_id)
-        return JSONResponse(run.model_dump(mode="json"))
+        return _run_answer(run)
 
     @api.post("/batch", status_code=202, responses=_ERRORS,
               openapi_extra={"requestBody": {"required": True, "content": {"application/x-ndjson": {

@@ -10,15 +10,18 @@ the process stopping) is summarised by `stopped`, from what had finished by then
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
 from graph.kinds import RunContext
 from graph.scheduler import NO_TOOL_CALL, RunObserver, RunOptions, Scheduler
-from graph.schema import ErrorInfo, NodeId, NodeResult, RunResponse, RunStatus, Usage
+from graph.schema import ActionRequired, ErrorInfo, NodeId, NodeResult, RunResponse, RunStatus, Usage
 from graph.worker import NodeRunner
 from graph.workflow import Workflow
+
+
+# Preflight findings that are not the user's or the server's to fix: the check itself failed.
+TRANSIENT_PREFLIGHT = ("provider_unreachable", "preflight_failed")
 
 
 def new_run_id() -> str:
@@ -37,19 +40,35 @@ class Execution:
 
     async def run(self) -> RunResponse:
         self._started = time.perf_counter()
-        checks = await asyncio.gather(*(self._runner.preflight(spec, self.context)
-                                        for spec in self.workflow.nodes.values()))
-        action_required = [item for per_node in checks for item in per_node]
-        if action_required:
-            concerned = {item.node_id for item in action_required}
-            nodes = {node_id: NodeResult(id=node_id, name=spec.name, type=spec.type,
-                                         status="action_required" if node_id in concerned else "skipped",
-                                         skip_reason=None if node_id in concerned else "action_required")
-                     for node_id, spec in self.workflow.nodes.items()}
-            return self._response("action_required", nodes).model_copy(
-                update={"action_required": action_required})
+        found = await self._runner.preflight(list(self.workflow.nodes.values()), self.context)
+        if any(item.kind not in TRANSIENT_PREFLIGHT for item in found):
+            return self._blocked("action_required", found)
+        if found:
+            return self._blocked("failed", found)
         nodes = await self._scheduler.run()
         return self._response(None, nodes)
+
+    def _blocked(self, status: RunStatus, found: list[ActionRequired]) -> RunResponse:
+        """Nothing runs. `action_required`: something is the server's or the user's to fix.
+        `failed`: the checks themselves could not be made (a provider down, after retries) —
+        nothing to fix, so a retryable error instead of a request to act."""
+        concerned = {item.node_id: item for item in found}
+        nodes = {}
+        for node_id, spec in self.workflow.nodes.items():
+            item = concerned.get(node_id)
+            if item is None:
+                nodes[node_id] = NodeResult(id=node_id, name=spec.name, type=spec.type, status="skipped",
+                                            skip_reason=status)
+            elif status == "action_required":
+                nodes[node_id] = NodeResult(id=node_id, name=spec.name, type=spec.type, status=status)
+            else:
+                nodes[node_id] = NodeResult(id=node_id, name=spec.name, type=spec.type, status="failed",
+                                            error=ErrorInfo(code=item.kind, message=item.message, retryable=True))
+        if status == "action_required":
+            return self._response(status, nodes).model_copy(update={"action_required": found})
+        return self._response(status, nodes, ErrorInfo(
+            code="preflight_unavailable", retryable=True,
+            message=f"{found[0].message}; nothing ran and no model was called: try again"))
 
     def stopped(self, status: RunStatus | None, error: ErrorInfo) -> RunResponse:
         """The run as it stands when stopped from outside: finished nodes as they finished, the

@@ -47,7 +47,7 @@ from graph import logs
 from graph.kinds import RegistryFactory, RunContext
 from graph.schema import ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement
 from graph.settings import Settings
-from graph.worker import NodeTask, TokenCallback, execute_task, node_timeout_s, preflight_node
+from graph.worker import NodeTask, TokenCallback, execute_task, node_timeout_s, preflight_nodes
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,14 @@ class NodeWorker:
             self._threads = ThreadPoolExecutor(self._settings.worker_threads, thread_name_prefix="sdk")
             asyncio.get_running_loop().set_default_executor(self._threads)
 
+    # Task events off: Ray would record every node call for its state API and keep them in the
+    # GCS (~3 KB each, up to 100,000) — measured as the GCS's growth under load (bench/RESULTS.md).
+    @ray.method(enable_task_events=False)
     async def run(self, task: NodeTask) -> NodeResult:
         self._use_own_threads()
         return await execute_task(self._registry, self._settings, task, self._placement)
 
+    @ray.method(enable_task_events=False)
     async def run_streaming(self, task: NodeTask) -> AsyncIterator[TokenChunk | NodeResult]:
         """Yields `TokenChunk`s while the node runs, then its `NodeResult`."""
         self._use_own_threads()
@@ -121,9 +125,10 @@ class NodeWorker:
         finally:
             job.cancel()
 
-    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+    @ray.method(enable_task_events=False)
+    async def preflight(self, specs: list[NodeSpec], context: RunContext) -> list[ActionRequired]:
         self._use_own_threads()
-        return await preflight_node(self._registry, spec, context)
+        return await preflight_nodes(self._registry, specs, context)
 
     async def placement(self) -> Placement:
         return self._placement
@@ -155,12 +160,13 @@ class RayRunner:
         refs = [worker.placement.remote() for worker in self._workers]
         return list(await asyncio.wait_for(asyncio.gather(*refs), timeout_s))
 
-    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+    async def preflight(self, specs: list[NodeSpec], context: RunContext) -> list[ActionRequired]:
+        """All of a run's checks in one actor call (one hop per run, not one per node)."""
         timeout_s = self._settings.tool_timeout_s + _GRACE_S
         for _ in range(_WORKER_ATTEMPTS):
             index = self._next_worker()
             try:
-                return await self._bounded(self._workers[index].preflight.remote(spec, context), timeout_s)
+                return await self._bounded(self._workers[index].preflight.remote(specs, context), timeout_s)
             except RayActorError as exc:  # a check has no effect outside: ask another worker
                 self._failed_at[index] = time.monotonic()
                 failure: Exception = exc
@@ -169,7 +175,7 @@ class RayRunner:
                 break
         return [ActionRequired(node_id=spec.id, kind="preflight_failed",
                                message=f"checking node {spec.id!r} did not complete "
-                                       f"({type(failure).__name__}); try again")]
+                                       f"({type(failure).__name__}); try again") for spec in specs]
 
     async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
         started = time.time()

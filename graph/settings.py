@@ -40,6 +40,9 @@ class Settings(BaseSettings):
                                   description="Characters of one node's output (as JSON if structured) kept in a run.")
 
     llm_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
+    llm_clients_per_endpoint: int = Field(
+        8, ge=1, le=64, description="SDK clients (connection pools) per model endpoint and key in each "
+                                    "worker, used in turn: fewer connections per pool cost less CPU per call.")
     tool_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Composio call.")
     node_timeout_s: float = Field(300.0, gt=0, description="Timeout of one node, retries included.")
     retry_attempts: int = Field(3, ge=1, description="Attempts for retryable errors (1 = no retry).")
@@ -93,6 +96,9 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Longest a run may take (a request's deadline_s may ask for less); "
                                  "then it ends with what finished and in-flight work is cancelled.")
     composio_tool_cache_s: float = Field(300.0, ge=0, description="How long toolkit schemas are cached.")
+    composio_connection_cache_s: float = Field(
+        60.0, ge=0, description="How long a user's ACTIVE Composio connection, once seen, is trusted "
+                                "without asking Composio again (0 = ask every run).")
 
     # ---- LLM providers (nodes/providers.py) -----------------------------------------------
     provider_base_urls: dict[str, str] = Field(

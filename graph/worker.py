@@ -49,9 +49,18 @@ TokenCallback = Callable[[str, int], None]
 class NodeRunner(Protocol):
     """Where nodes run: in a Ray actor pool (`graph.runtime.RayRunner`) or in-process."""
 
-    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]: ...
+    async def preflight(self, specs: list[NodeSpec], context: RunContext) -> list[ActionRequired]:
+        """What must be fixed before any of `specs` runs (all of a run's nodes at once)."""
+        ...
 
     async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult: ...
+
+
+async def preflight_nodes(registry: Registry, specs: list[NodeSpec],
+                          context: RunContext) -> list[ActionRequired]:
+    """Every node's preflight at once, in node order."""
+    checks = await asyncio.gather(*(preflight_node(registry, spec, context) for spec in specs))
+    return [item for per_node in checks for item in per_node]
 
 
 async def preflight_node(registry: Registry, spec: NodeSpec,
@@ -178,8 +187,8 @@ class LocalRunner:
         self._registry = registry
         self._settings = settings
 
-    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
-        return await preflight_node(self._registry, spec, context)
+    async def preflight(self, specs: list[NodeSpec], context: RunContext) -> list[ActionRequired]:
+        return await preflight_nodes(self._registry, specs, context)
 
     async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
         return await execute_task(self._registry, self._settings, task, on_token=on_token)

@@ -45,7 +45,8 @@ class AnthropicKind:
     def __init__(self, settings: Settings):
         self._settings = settings
         self._policy = AddressPolicy.from_settings(settings.http_allowed_networks)
-        self._clients: ClientCache[anthropic.AsyncAnthropic] = ClientCache(self._new_client, lambda c: c.close())
+        self._clients: ClientCache[anthropic.AsyncAnthropic] = ClientCache(
+            self._new_client, lambda c: c.close(), shards=settings.llm_clients_per_endpoint)
 
     def warm_up(self) -> None:
         import anthropic  # noqa: F401

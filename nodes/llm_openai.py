@@ -43,7 +43,8 @@ class OpenAIChatKind:
     def __init__(self, settings: Settings):
         self._settings = settings
         self._policy = AddressPolicy.from_settings(settings.http_allowed_networks)
-        self._clients: ClientCache[openai.AsyncOpenAI] = ClientCache(self._new_client, lambda c: c.close())
+        self._clients: ClientCache[openai.AsyncOpenAI] = ClientCache(
+            self._new_client, lambda c: c.close(), shards=settings.llm_clients_per_endpoint)
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
         assert isinstance(spec, LLMNodeSpec)

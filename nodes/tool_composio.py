@@ -24,8 +24,10 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -41,6 +43,7 @@ T = TypeVar("T")
 ENV_VAR = "COMPOSIO_API_KEY"
 _TOOLS_PAGE = 1000                   # the API's largest page: the SDK does not follow next_cursor
 _MISSING_CONNECTION = 1803           # Composio's error code for "no connected account"
+_CONNECTIONS_KEPT = 10_000           # positive connection checks remembered per worker
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class ComposioToolKind:
         self._sdk_lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, _Action]]] = {}  # toolkit -> (expiry, actions)
         self._pending: dict[str, asyncio.Task[dict[str, _Action]]] = {}
+        # (user, toolkit) -> when a positive connection check stops counting; newest last
+        self._connected: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def warm_up(self) -> None:
         """Import the SDK ahead of the first run (it takes seconds); called in a thread."""
@@ -75,11 +80,16 @@ class ComposioToolKind:
                 node_id=spec.id, kind="missing_api_key", env_var=ENV_VAR,
                 message=f'node "{spec.id}" uses Composio ({toolkit}), but no Composio API key is set: '
                         f"set the environment variable {ENV_VAR} on the Sesame server and restart it")]
+        if self._known_connected(context.user_id, toolkit):
+            return []
         where = f'node "{spec.id}" (composio {toolkit}): checking the connection'
         try:
-            accounts = await self._call(where, lambda sdk: sdk.connected_accounts.list(
-                user_ids=[context.user_id], toolkit_slugs=[toolkit], statuses=["ACTIVE"], limit=1))
-            if accounts.items or await self._needs_no_connection(spec):
+            accounts = await self._retrying(lambda: self._call(where, lambda sdk: sdk.connected_accounts.list(
+                user_ids=[context.user_id], toolkit_slugs=[toolkit], statuses=["ACTIVE"], limit=1)))
+            if accounts.items:
+                self._remember_connected(context.user_id, toolkit)
+                return []
+            if await self._needs_no_connection(spec):
                 return []
         except NodeError as exc:
             kind = "provider_unreachable" if exc.retryable else {
@@ -91,6 +101,35 @@ class ComposioToolKind:
             node_id=spec.id, kind="connection_required", url=await self._connect_url(spec, context),
             message=f'user "{context.user_id}" has no active Composio connection for {toolkit} '
                     f'(node "{spec.id}"): open the link to connect the account, then run again')]
+
+    def _known_connected(self, user_id: str, toolkit: str) -> bool:
+        expiry = self._connected.get((user_id, toolkit))
+        return expiry is not None and expiry > time.monotonic()
+
+    def _remember_connected(self, user_id: str, toolkit: str) -> None:
+        """Cache a positive check for `composio_connection_cache_s`: one Composio call per run
+        is most of a tool node's preflight. A connection revoked meanwhile shows up as the
+        execution's own `connection_required` error, which forgets the entry."""
+        if self._settings.composio_connection_cache_s <= 0:
+            return
+        self._connected[(user_id, toolkit)] = time.monotonic() + self._settings.composio_connection_cache_s
+        self._connected.move_to_end((user_id, toolkit))
+        while len(self._connected) > _CONNECTIONS_KEPT:
+            self._connected.popitem(last=False)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A read (never an execution) tried again on retryable errors, with the server's retry
+        settings: a blip must not tell the user to act."""
+        for attempt in range(1, self._settings.retry_attempts + 1):
+            try:
+                return await call()
+            except NodeError as exc:
+                if not exc.retryable or attempt == self._settings.retry_attempts:
+                    raise
+                delay = exc.retry_after_s if exc.retry_after_s is not None else \
+                    self._settings.retry_base_delay_s * 2 ** (attempt - 1)
+                await asyncio.sleep(min(delay, self._settings.retry_max_delay_s))
+        raise AssertionError("unreachable")
 
     async def functions(self, spec: ToolNodeSpec, context: RunContext) -> list[ToolFunction]:
         actions = await self._actions(spec)
@@ -107,10 +146,15 @@ class ComposioToolKind:
         results: list[dict[str, Any]] = []
         for call, version in zip(request.calls, versions):
             where = f'node "{spec.id}" (composio {_toolkit(spec)}): {call.action}'
-            response = await self._call(
-                where, lambda sdk, call=call, version=version: sdk.tools.execute(
-                    call.action, dict(call.arguments), user_id=user_id, version=version),
-                execute=True, earlier=bool(results))
+            try:
+                response = await self._call(
+                    where, lambda sdk, call=call, version=version: sdk.tools.execute(
+                        call.action, dict(call.arguments), user_id=user_id, version=version),
+                    execute=True, earlier=bool(results))
+            except NodeError as exc:
+                if exc.error_code == "connection_required":  # revoked since it was checked
+                    self._connected.pop((user_id, _toolkit(spec)), None)
+                raise
             error = response.get("error")
             results.append({"call_id": call.id, "action": call.action, "arguments": call.arguments,
                             "successful": bool(response.get("successful")), "data": response.get("data"),

@@ -119,6 +119,7 @@ class ComposioStub:
         self.execute_requires_connection = False  # real Composio: 400 / code 1803 without one
         self.link_status: int | None = None  # force this HTTP error on connect-link creation
         self.fail_paths: dict[str, int] = {}  # path -> force this HTTP error on any request to it
+        self.fail_times: dict[str, int] = {}  # path -> fail this many more requests to it with a 503
 
     # ---- what tests read --------------------------------------------------------------------
 
@@ -142,6 +143,12 @@ class ComposioStub:
         if path in self.fail_paths:
             status = self.fail_paths[path]
             return _error(status, status, "StubForcedError", f"stub forced HTTP {status} on {method} {path}")
+        with self._lock:
+            failing = self.fail_times.get(path, 0) > 0
+            if failing:
+                self.fail_times[path] -= 1
+        if failing:
+            return _error(503, 503, "StubTransientError", f"stub transient HTTP 503 on {method} {path}")
         if headers.get("x-api-key") != self.api_key:
             return _error(401, 10401, "InvalidApiKey",
                           "Invalid or missing API key (send it in the x-api-key header)")

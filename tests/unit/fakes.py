@@ -23,9 +23,13 @@ class FakeLLM:
         self._registry = registry
 
     async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
-        if spec.parameters.get("fake", {}).get("needs_key"):
+        script = spec.parameters.get("fake", {})
+        if script.get("needs_key"):
             return [ActionRequired(node_id=spec.id, kind="missing_api_key", env_var="FAKE_KEY",
                                    message="set FAKE_KEY")]
+        if script.get("unreachable"):
+            return [ActionRequired(node_id=spec.id, kind="provider_unreachable",
+                                   message="could not reach the fake provider")]
         return []
 
     async def run(self, request: LLMRequest) -> NodeOutput:

@@ -115,6 +115,18 @@ def test_preflight_action_required_runs_nothing():
     assert registry.log == []
 
 
+def test_a_check_that_could_not_be_made_fails_the_run_retryably_instead_of_asking_to_act():
+    response, registry = run(request(llm("A", ["B"], unreachable=True), llm("B"), llm("X")))
+    assert response.status == "failed" and response.action_required == []
+    assert response.error.code == "preflight_unavailable" and response.error.retryable
+    assert response.nodes["A"].status == "failed" and response.nodes["A"].error.code == "provider_unreachable"
+    assert {response.nodes["B"].status, response.nodes["X"].status} == {"skipped"}
+    assert registry.log == []  # nothing ran
+    # a real missing piece next to it still asks the user to act
+    response, _ = run(request(llm("A", unreachable=True), llm("K", needs_key=True)))
+    assert response.status == "action_required"
+
+
 def test_usage_is_summed_over_nodes():
     response, _ = run(request(llm("A", ["B"]), llm("B")))
     assert response.usage.total_tokens == 6

@@ -133,3 +133,30 @@ def test_each_openai_compatible_provider_is_served_by_one_kind_instance() -> Non
     registry = build_registry(Settings())
     assert registry.kind(("llm", "groq")) is registry.kind(("llm", "openai"))
     assert type(registry.kind(("llm", "anthropic"))).__name__ == "AnthropicKind"
+
+
+def test_an_endpoints_clients_are_used_in_turn_and_evicted_together():
+    import asyncio
+
+    from nodes.providers import ClientCache, Endpoint
+
+    made, closed = [], []
+
+    def make(where):
+        made.append(where)
+        return object()
+
+    async def close(client):
+        closed.append(client)
+
+    async def scenario():
+        cache = ClientCache(make, close, size=1, shards=3)
+        a = Endpoint(base_url="http://a", key="k", key_env=None, from_node=False, missing=False)
+        first = [await cache.get(a) for _ in range(6)]
+        b = Endpoint(base_url="http://b", key="k", key_env=None, from_node=False, missing=False)
+        await cache.get(b)  # evicts every client of a
+        return first
+
+    first = asyncio.run(scenario())
+    assert len(set(map(id, first))) == 3 and first[:3] == first[3:]
+    assert len(closed) == 3

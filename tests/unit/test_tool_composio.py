@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 import nodes.tool_composio as tool_composio
-from graph.errors import NodeTimeout, ProviderError
+from graph.errors import NodeError, NodeTimeout, ProviderError
 from graph.kinds import RunContext, ToolKind, ToolRequest
 from graph.schema import ToolCall, ToolNodeSpec
 from graph.settings import Settings
@@ -215,6 +215,44 @@ def test_preflight_against_an_unreachable_composio_reports_it_quickly(stub: Comp
     (item,) = asyncio.run(kind_for(stub, composio_base_url=closed_port_url()).preflight(gmail(), CONTEXT))
     assert item.kind == "provider_unreachable" and "could not reach Composio" in item.message
     assert KEY not in item.message and time.monotonic() - started < 5
+
+
+def connection_checks(stub: ComposioStub) -> list[Any]:
+    return [r for r in stub.requests if r.path == "/api/v3.1/connected_accounts"]
+
+
+def test_a_seen_connection_is_trusted_for_a_while_without_asking_again(stub: ComposioStub) -> None:
+    stub.active_users.add((USER, "gmail"))
+    kind = kind_for(stub, composio_connection_cache_s=60)
+    for _ in range(3):
+        assert asyncio.run(kind.preflight(gmail(), CONTEXT)) == []
+    assert len(connection_checks(stub)) == 1
+    other_user = RunContext(run_id="run-2", user_id="someone-else", conversation_id="c")
+    assert [i.kind for i in asyncio.run(kind.preflight(gmail(), other_user))] == ["connection_required"]
+    uncached = kind_for(stub, composio_connection_cache_s=0)
+    asyncio.run(uncached.preflight(gmail(), CONTEXT))
+    asyncio.run(uncached.preflight(gmail(), CONTEXT))
+    assert len(connection_checks(stub)) == 4
+
+
+def test_a_connection_revoked_after_it_was_seen_is_asked_for_again(stub: ComposioStub) -> None:
+    stub.active_users.add((USER, "gmail"))
+    stub.execute_requires_connection = True
+    kind = kind_for(stub, composio_connection_cache_s=60)
+    assert asyncio.run(kind.preflight(gmail(), CONTEXT)) == []
+    stub.active_users.clear()  # revoked in Composio
+    with pytest.raises(NodeError) as failed:
+        run(kind, send())
+    assert failed.value.error_code == "connection_required"
+    assert [i.kind for i in asyncio.run(kind.preflight(gmail(), CONTEXT))] == ["connection_required"]
+
+
+def test_a_blip_in_the_connection_check_is_retried_not_reported(stub: ComposioStub) -> None:
+    stub.active_users.add((USER, "gmail"))
+    stub.fail_times["/api/v3.1/connected_accounts"] = 2
+    kind = kind_for(stub, retry_attempts=3, retry_base_delay_s=0.01)
+    assert asyncio.run(kind.preflight(gmail(), CONTEXT)) == []
+    assert len(connection_checks(stub)) == 3
 
 
 # ---- run ---------------------------------------------------------------------------------------
