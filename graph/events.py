@@ -20,27 +20,38 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
 
 EventType = Literal["run_queued", "run_started", "node_started", "token", "node_finished",
                     "run_finished"]
 
 
-class RunEvent(BaseModel):
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True)
+class RunEvent:
+    """One event. Its fields beyond `run_id`, `seq` and `at` are kept as JSON text (`data_json`),
+    encoded once where the event is made: the same text goes to the store and to every SSE
+    subscriber (node results and whole runs are encoded by pydantic-core, not json.dumps)."""
 
     run_id: str
     seq: int
     type: EventType
     at: float
-    data: dict[str, Any]
+    data_json: str  # a JSON object
+
+    @classmethod
+    def of(cls, run_id: str, seq: int, type_: EventType, at: float, data: dict[str, Any]) -> "RunEvent":
+        return cls(run_id, seq, type_, at, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.data_json)
 
     def as_sse(self) -> str:
         """The event as one Server-Sent Events message."""
-        payload = json.dumps({"run_id": self.run_id, "seq": self.seq, "at": self.at, **self.data},
-                             ensure_ascii=False, separators=(",", ":"))
+        head = f'{{"run_id":{json.dumps(self.run_id)},"seq":{self.seq},"at":{self.at!r}'
+        payload = head + "}" if self.data_json == "{}" else f"{head},{self.data_json[1:]}"
         return f"id: {self.seq}\nevent: {self.type}\ndata: {payload}\n\n"
 
 

@@ -11,11 +11,13 @@ Nothing here awaits: the scheduler calls it from its event loop on every node an
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 from graph.events import EventType, LiveFeed, RunEvent
 from graph.schema import NodeId, NodeResult, RunResponse
+from graph.text import valid_text
 from graph.store import AppendEvents, CreateRun, SaveNode, SaveRun
 from graph.workflow import Workflow
 from graph.writer import BatchWriter
@@ -61,7 +63,7 @@ class RunRecorder:
             if self._nodes.get(node_id) != node:
                 self.node_finished(node)
         self._run = response
-        self._emit("run_finished", {"run": response.model_dump(mode="json")})
+        self._emit_json("run_finished", f'{{"run":{response.model_dump_json()}}}')
         self._write(SaveRun(response, final=True))
 
     async def flushed(self) -> None:
@@ -78,18 +80,21 @@ class RunRecorder:
         self._write(SaveNode(self.run_id, node))
 
     def token(self, node_id: NodeId, text: str, attempt: int) -> None:
-        self._emit("token", {"node_id": node_id, "text": text, "attempt": attempt})
+        self._emit("token", {"node_id": node_id, "text": valid_text(text), "attempt": attempt})
 
     def node_finished(self, result: NodeResult) -> None:
         self._nodes[result.id] = result
-        self._emit("node_finished", {"node": result.model_dump(mode="json")})
+        self._emit_json("node_finished", f'{{"node":{result.model_dump_json()}}}')
         self._write(SaveNode(self.run_id, result))
 
     # ---- plumbing --------------------------------------------------------------------------
 
     def _emit(self, type_: EventType, data: dict[str, Any]) -> None:
+        self._emit_json(type_, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+    def _emit_json(self, type_: EventType, data_json: str) -> None:
         self._seq += 1
-        event = RunEvent(run_id=self.run_id, seq=self._seq, type=type_, at=time.time(), data=data)
+        event = RunEvent(self.run_id, self._seq, type_, time.time(), data_json)
         self.feed.publish(event)
         self._write(AppendEvents((event,)))
 

@@ -12,6 +12,8 @@ which carry none (node specs, where `api_key_value` lives, never reach it).
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,16 @@ from graph.schema import ErrorInfo, NodeResult, RunResponse
 from graph.store_schema import leases, migrate, owners, run_events, run_nodes, runs, turns
 
 ACTIVE = ("queued", "running")
-_ROWS_PER_INSERT = 1000  # SQLite allows 32,766 bound values per statement; an event row has 5
 UNFINISHED_NODES = ("pending", "running")
+
+
+# Progress writes, built once: with bound parameters SQLAlchemy compiles each shape once.
+_SAVE_NODE = run_nodes.update().where(run_nodes.c.run_id == sa.bindparam("b_run"),
+                                      run_nodes.c.node_id == sa.bindparam("b_node")) \
+    .values(result=sa.bindparam("b_result"))
+_SAVE_RUN = runs.update().where(runs.c.run_id == sa.bindparam("b_run")).values(
+    status=sa.bindparam("b_status"), summary=sa.bindparam("b_summary"),
+    updated_at=sa.bindparam("b_updated"), finished_at=sa.bindparam("b_finished"))
 
 
 def normalize_url(url: str) -> str:
@@ -110,7 +120,7 @@ class SqlStore:
                 return None
             nodes = connection.execute(sa.select(run_nodes.c.result).where(run_nodes.c.run_id == run_id)
                                        .order_by(run_nodes.c.position)).scalars().all()
-        response = RunResponse.model_validate({**row.summary, "nodes": {n["id"]: n for n in nodes}})
+        response = _response(row.summary, nodes)
         return StoredRun(tenant=row.tenant, response=response, owner=row.owner,
                          cancel_requested=bool(row.cancel_requested), request_hash=row.request_hash)
 
@@ -125,7 +135,7 @@ class SqlStore:
             rows = connection.execute(sa.select(run_events).where(
                 run_events.c.run_id == run_id, run_events.c.seq > after_seq)
                 .order_by(run_events.c.seq).limit(limit)).all()
-        return [RunEvent(run_id=r.run_id, seq=r.seq, type=r.type, at=r.at, data=r.data) for r in rows]
+        return [RunEvent(r.run_id, r.seq, r.type, r.at, r.data) for r in rows]
 
     def recent_turns(self, tenant: str, user_id: str, conversation_id: str,
                      limit: int | None = None) -> list[StoredTurn]:
@@ -137,8 +147,9 @@ class SqlStore:
             query = query.limit(limit)
         with self._reads.connect() as connection:
             rows = connection.execute(query).all()
-        return [StoredTurn(seq=r.seq, run_id=r.run_id, created_at=r.created_at, user=r.data["user"],
-                           assistant=r.data["assistant"]) for r in reversed(rows)]
+        texts = [json.loads(r.data) for r in rows]
+        return [StoredTurn(seq=r.seq, run_id=r.run_id, created_at=r.created_at, user=text["user"],
+                           assistant=text["assistant"]) for r, text in zip(reversed(rows), reversed(texts))]
 
     def cancel_requests(self, owner: str) -> list[str]:
         with self._reads.connect() as connection:
@@ -174,17 +185,23 @@ def _sqlite_engine(url: str, begin: str | None) -> sa.Engine:
     return engine
 
 
-def _insert_ignoring_conflicts(table: sa.Table, dialect: str, values: dict[str, Any] | list[dict[str, Any]]):  # noqa: ANN202
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    return insert.values(values).on_conflict_do_nothing()
+@functools.cache
+def _insert_ignoring_conflicts(table: sa.Table, dialect: str, returning: bool = False) -> sa.Insert:
+    """`INSERT ... ON CONFLICT DO NOTHING` for `table`, built once per dialect; rows are given
+    at execution (one dict, or a list for executemany)."""
+    insert = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).on_conflict_do_nothing()
+    return insert.returning(next(iter(table.primary_key.columns))) if returning else insert
 
 
 def _inserted(connection: sa.Connection, table: sa.Table, dialect: str, values: dict[str, Any]) -> bool:
     """Insert one row unless it conflicts with a unique key; True if it went in. (RETURNING,
     because psycopg reports no row count for `ON CONFLICT DO NOTHING`.)"""
-    first_key = next(iter(table.primary_key.columns))
-    statement = _insert_ignoring_conflicts(table, dialect, values).returning(first_key)
-    return connection.execute(statement).first() is not None
+    return connection.execute(_insert_ignoring_conflicts(table, dialect, True), values).first() is not None
+
+
+def _response(summary: str, nodes: list[str]) -> RunResponse:
+    return RunResponse.model_validate({**json.loads(summary),
+                                       "nodes": {(n := json.loads(text))["id"]: n for text in nodes}})
 
 
 # ---- operations ------------------------------------------------------------------------------
@@ -244,7 +261,7 @@ class CreateRun(Operation):
         if run.nodes:
             connection.execute(run_nodes.insert(), [
                 {"run_id": run.run_id, "node_id": node_id, "position": position,
-                 "result": node.model_dump(mode="json")}
+                 "result": node.model_dump_json()}
                 for position, (node_id, node) in enumerate(run.nodes.items())])
         return None
 
@@ -256,12 +273,8 @@ class SaveNode(BulkOperation):
 
     @classmethod
     def apply_all(cls, connection: sa.Connection, dialect: str, operations: list["SaveNode"]) -> None:
-        connection.execute(
-            run_nodes.update().where(run_nodes.c.run_id == sa.bindparam("b_run"),
-                                     run_nodes.c.node_id == sa.bindparam("b_node"))
-            .values(result=sa.bindparam("b_result", type_=sa.JSON)),
-            [{"b_run": op.run_id, "b_node": op.result.id, "b_result": op.result.model_dump(mode="json")}
-             for op in operations])
+        connection.execute(_SAVE_NODE, [{"b_run": op.run_id, "b_node": op.result.id,
+                                         "b_result": op.result.model_dump_json()} for op in operations])
 
 
 @dataclass(frozen=True)
@@ -275,13 +288,9 @@ class SaveRun(BulkOperation):
     @classmethod
     def apply_all(cls, connection: sa.Connection, dialect: str, operations: list["SaveRun"]) -> None:
         now = time.time()
-        connection.execute(
-            runs.update().where(runs.c.run_id == sa.bindparam("b_run"))
-            .values(status=sa.bindparam("b_status"), summary=sa.bindparam("b_summary", type_=sa.JSON),
-                    updated_at=now, finished_at=sa.bindparam("b_finished")),
-            [{"b_run": op.response.run_id, "b_status": op.response.status,
-              "b_summary": _summary(op.response), "b_finished": now if op.final else None}
-             for op in operations])
+        connection.execute(_SAVE_RUN, [
+            {"b_run": op.response.run_id, "b_status": op.response.status, "b_summary": _summary(op.response),
+             "b_updated": now, "b_finished": now if op.final else None} for op in operations])
 
 
 @dataclass(frozen=True)
@@ -290,10 +299,9 @@ class AppendEvents(BulkOperation):
 
     @classmethod
     def apply_all(cls, connection: sa.Connection, dialect: str, operations: list["AppendEvents"]) -> None:
-        rows = [{"run_id": e.run_id, "seq": e.seq, "type": e.type, "at": e.at, "data": e.data}
-                for op in operations for e in op.events]
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            connection.execute(_insert_ignoring_conflicts(run_events, dialect, rows[start:start + _ROWS_PER_INSERT]))
+        connection.execute(_insert_ignoring_conflicts(run_events, dialect), [
+            {"run_id": e.run_id, "seq": e.seq, "type": e.type, "at": e.at, "data": e.data_json}
+            for op in operations for e in op.events])
 
 
 @dataclass(frozen=True)
@@ -316,7 +324,7 @@ class AppendTurn(Operation):
             if _inserted(connection, turns, dialect, {
                     "tenant": self.tenant, "user_id": self.user_id, "conversation_id": self.conversation_id,
                     "seq": seq, "run_id": self.run_id, "created_at": time.time(),
-                    "data": {"user": self.user, "assistant": self.assistant}}):
+                    "data": json.dumps({"user": self.user, "assistant": self.assistant}, ensure_ascii=False)}):
                 return seq
 
 
@@ -331,9 +339,9 @@ class AcquireLease(Operation):
     owner: str
 
     def apply(self, connection: sa.Connection, dialect: str) -> bool:
-        connection.execute(_insert_ignoring_conflicts(leases, dialect, {
+        connection.execute(_insert_ignoring_conflicts(leases, dialect), {
             "tenant": self.tenant, "user_id": self.user_id, "conversation_id": self.conversation_id,
-            "run_id": self.run_id, "owner": self.owner, "acquired_at": time.time()}))
+            "run_id": self.run_id, "owner": self.owner, "acquired_at": time.time()})
         holder = connection.scalar(sa.select(leases.c.run_id).where(
             leases.c.tenant == self.tenant, leases.c.user_id == self.user_id,
             leases.c.conversation_id == self.conversation_id))
@@ -413,21 +421,21 @@ def _interrupt(connection: sa.Connection, dialect: str, run_id: str, now: float)
     nodes = {}
     for result in connection.execute(sa.select(run_nodes.c.result).where(run_nodes.c.run_id == run_id)
                                      .order_by(run_nodes.c.position)).scalars():
-        node = NodeResult.model_validate(result)
+        node = NodeResult.model_validate_json(result)
         if node.status in UNFINISHED_NODES:
             node = node.model_copy(update={"status": "cancelled", "error": error})
             SaveNode(run_id, node).apply(connection, dialect)
         nodes[node.id] = node
-    response = RunResponse.model_validate({**row.summary, "nodes": nodes}).model_copy(update={
+    response = RunResponse.model_validate({**json.loads(row.summary), "nodes": nodes}).model_copy(update={
         "status": "interrupted", "duration_ms": round((now - row.created_at) * 1000, 3),
         "error": ErrorInfo(code="interrupted", retryable=True,
                            message="the Sesame process running this run stopped; run it again")})
     last = connection.scalar(sa.select(sa.func.max(run_events.c.seq)).where(run_events.c.run_id == run_id)) or 0
-    AppendEvents((RunEvent(run_id=run_id, seq=last + 1, type="run_finished", at=now,
-                           data={"run": response.model_dump(mode="json")}),)).apply(connection, dialect)
+    AppendEvents((RunEvent(run_id, last + 1, "run_finished", now, f'{{"run":{response.model_dump_json()}}}'),)
+                 ).apply(connection, dialect)
     connection.execute(runs.update().where(runs.c.run_id == run_id).values(
         status="interrupted", summary=_summary(response), updated_at=now, finished_at=now))
 
 
-def _summary(run: RunResponse) -> dict[str, Any]:
-    return run.model_dump(mode="json", exclude={"nodes"})
+def _summary(run: RunResponse) -> str:
+    return run.model_dump_json(exclude={"nodes"})

@@ -1,8 +1,9 @@
 """The store's tables and their migrations — one definition for SQLite and PostgreSQL.
 
-Free text (queries, outputs, event payloads) lives only in JSON columns: PostgreSQL `text`
-cannot hold a NUL character, while JSON escapes it. Identifiers (run, user, conversation ids)
-are plain strings; validation keeps control characters out of them.
+Free text (queries, outputs, event payloads) is stored only as JSON text, encoded by the writer
+(pydantic-core for results and runs): PostgreSQL `text` cannot hold a NUL character, which JSON
+escapes, and encoding once beats letting the driver encode a dict. Identifiers (run, user,
+conversation ids) are plain strings; validation keeps control characters out of them.
 
 `migrate` brings any database to `SCHEMA_VERSION` and is safe to run from several processes at
 once (a transaction-scoped lock serialises them). Add a migration by appending a function to
@@ -37,7 +38,7 @@ runs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("idempotency_key", sa.String(256)),
     sa.Column("request_hash", sa.String(64)),
-    sa.Column("summary", sa.JSON, nullable=False),  # the RunResponse without its nodes
+    sa.Column("summary", sa.Text, nullable=False),  # JSON: the RunResponse without its nodes
     sa.Index("runs_by_idempotency_key", "tenant", "user_id", "idempotency_key", unique=True),
     sa.Index("runs_by_owner", "owner", "status"),
     sa.Index("runs_by_status", "status"),
@@ -48,7 +49,7 @@ run_nodes = sa.Table(
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("node_id", sa.String(256), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("result", sa.JSON, nullable=False),  # a NodeResult
+    sa.Column("result", sa.Text, nullable=False),  # JSON: a NodeResult
 )
 
 run_events = sa.Table(
@@ -57,7 +58,7 @@ run_events = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("type", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
-    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),  # JSON: the event's fields (graph.events)
 )
 
 turns = sa.Table(
@@ -68,7 +69,7 @@ turns = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("data", sa.JSON, nullable=False),  # {"user": ..., "assistant": ...}
+    sa.Column("data", sa.Text, nullable=False),  # JSON: {"user": ..., "assistant": ...}
 )
 
 leases = sa.Table(

@@ -24,6 +24,7 @@ from graph.limits import output_chars
 from graph.schema import (ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement,
                           ToolCall, ToolNodeSpec)
 from graph.settings import Settings
+from graph.text import valid_text
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,10 @@ async def execute_task(registry: Registry, settings: Settings, task: NodeTask,
         output = replace(output, output=None)
     return NodeResult(
         id=spec.id, name=spec.name, type=spec.type, status="failed" if error else "succeeded",
-        output=output.output if output else None, error=error,
-        tool_calls=output.tool_calls if output else [], usage=output.usage if output else None,
+        output=valid_text(output.output) if output else None,
+        error=error.model_copy(update={"message": valid_text(error.message)}) if error else None,
+        tool_calls=[c.model_copy(update={"arguments": valid_text(c.arguments)}) for c in output.tool_calls]
+        if output else [], usage=output.usage if output else None,
         attempts=attempts, started_at=started, finished_at=finished,
         duration_ms=round((finished - started) * 1000, 3), placement=placement)
 

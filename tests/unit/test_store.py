@@ -54,8 +54,8 @@ def test_progress_and_the_final_answer_are_kept(store):
 
 
 def test_events_come_back_in_order_after_a_given_seq(store):
-    events = tuple(RunEvent(run_id="run_1", seq=seq, type="token", at=time.time(),
-                            data={"node_id": "a", "text": f"t{seq}"}) for seq in (1, 2, 3, 4))
+    events = tuple(RunEvent.of("run_1", seq, "token", time.time(), {"node_id": "a", "text": f"t{seq}"})
+                   for seq in (1, 2, 3, 4))
     store.apply([AppendEvents(events[2:]), AppendEvents(events[:2])])
     store.apply([AppendEvents(events[:1])])  # a replayed write is ignored, not duplicated
     assert [e.seq for e in store.events_after("run_1", 0)] == [1, 2, 3, 4]
@@ -113,7 +113,7 @@ def test_runs_of_a_process_that_stopped_heartbeating_become_interrupted(store):
                  AcquireLease("t", "u1", "c1", "run_dead", "dead")])
     running = NodeResult(id="a", type="LLM", status="running", started_at=time.time())
     store.apply([SaveRun(a_run("run_dead", status="running")), SaveNode("run_dead", running),
-                 AppendEvents((RunEvent(run_id="run_dead", seq=1, type="run_started", at=0, data={}),))])
+                 AppendEvents((RunEvent.of("run_dead", 1, "run_started", 0.0, {}),))])
     time.sleep(0.3)
     store.apply([Heartbeat("alive")])
     [interrupted] = store.apply([ReapDeadOwners(stale_after_s=0.2, except_owner="alive")])
