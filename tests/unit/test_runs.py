@@ -272,3 +272,17 @@ def test_a_run_owned_by_another_process_is_cancelled_through_the_store(database_
     cancelled, took, events = asyncio.run(asyncio.wait_for(main(), 20))
     assert cancelled.status == "cancelled" and took < 5
     assert events[-1].type == "run_finished"
+
+
+def test_provider_text_with_a_lone_surrogate_is_stored_and_streamed_not_a_crash(database_url):
+    async def body(service):
+        run_id, _ = await service.start_run(workflow_of(llm("A", output="bad \ud800 text",
+                                                            tokens=["bad \ud800", " text"])), T,
+                                            stream_tokens=True)
+        result = await service.result(run_id)
+        events = await collect(service, run_id)
+        return result, [e.as_sse().encode() for e in events], await service.get(run_id, T, "u1")
+
+    (result, streamed, stored), _ = scenario(database_url, body)
+    assert result.status == "succeeded" and result.output == "bad \ufffd text"
+    assert stored.output == "bad \ufffd text" and len(streamed) >= 5
