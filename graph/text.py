@@ -5,7 +5,10 @@ an SSE stream's — will write. They are replaced (U+FFFD) where provider output
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, every one of these is alone
 
 
 def valid_text(value: Any) -> Any:
@@ -16,7 +19,7 @@ def valid_text(value: Any) -> Any:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+            return _SURROGATE.sub("\ufffd", value)
         return value
     if isinstance(value, list):
         return [valid_text(item) for item in value]
