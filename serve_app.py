@@ -5,7 +5,7 @@ not hold engine logic: parsing and validation are `graph.validation`, runs are
 `graph.runs.RunService` (store, events, memory) over `graph.runtime.RayRunner`.
 
     serve run serve_app:app                      # on a running Ray / started by Serve
-    python serve_app.py                          # local Ray + Serve on SESAME_HOST:SESAME_PORT
+    python serve_app.py                          # scripts/serve: see launch.py
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the routes
@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, get_args
@@ -29,13 +28,13 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from graph import logs
-from graph.auth import Authenticator, ConfigurationError
+from graph.auth import Authenticator
 from graph.batch import read_items
 from graph.batch_jobs import BatchJobs
 from graph.errors import BodyTooLarge, InvalidRequest, MalformedJSON, SesameError
 from graph.events import EventType
-from graph.runs import RunService
 from graph.loop_monitor import LoopMonitor
+from graph.runs import RunService
 from graph.runtime import RayRunner
 from graph.schema import (ConversationResponse, ErrorResponse, RunAccepted, RunRequest,
                           RunResponse)
@@ -388,70 +387,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 app = SesameIngress.bind()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`scripts/serve`: a local Ray (or the cluster at SESAME_RAY_ADDRESS), Serve, this app."""
-    import argparse
-    import os
-    import signal
-    import socket
-    import sys
-    import threading
-    from pathlib import Path
+if __name__ == "__main__":  # what scripts/serve runs; the launcher is its own module
+    from launch import main
 
-    import ray
-    from pydantic import SecretStr
-
-    parser = argparse.ArgumentParser(prog="scripts/serve", description="Starts Sesame; settings "
-                                     "are SESAME_* environment variables (see README).")
-    parser.add_argument("--wait-for-nodes", type=int, default=1, metavar="N", help=(
-        "wait until the Ray cluster has N nodes before starting: the node workers are spread "
-        "over the nodes that are up when Sesame starts"))
-    options = parser.parse_args(argv)
-    logs.configure()
-    settings = Settings()
-    try:
-        Authenticator(settings)
-    except ConfigurationError as exc:
-        sys.exit(f"sesame: {exc}")
-    # Settings given here go to the app explicitly: on a cluster the replica starts on the head
-    # node with the environment of `ray start`, not this one's. Secrets never travel this way
-    # (Serve logs an application's arguments): replicas read them from their own environment.
-    overrides = {name: getattr(settings, name) for name in settings.model_fields_set
-                 if not isinstance(getattr(settings, name), SecretStr)}
-    with socket.socket() as probe:  # Serve's proxy would share a busy port silently
-        try:
-            probe.bind((settings.host, settings.port))
-        except OSError:
-            sys.exit(f"sesame: {settings.host}:{settings.port} is in use (another Sesame?): stop "
-                     "it, or set SESAME_PORT to another port")
-    if "database_url" not in overrides and settings.database_url.startswith("sqlite:///"):
-        # Replicas may run in another directory: pin the default file to this one.
-        path = Path(settings.database_url.removeprefix("sqlite:///")).resolve()
-        overrides["database_url"] = f"sqlite:///{path}"
-    for name, value in PROXY_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    logging.getLogger("ray.serve").addFilter(
-        lambda record: "Connecting to existing Serve app" not in record.getMessage())
-    ray.init(address=settings.ray_address, include_dashboard=False)
-    try:
-        while (nodes := sum(node["Alive"] for node in ray.nodes())) < options.wait_for_nodes:
-            log.info("waiting for %d Ray nodes (%d up)", options.wait_for_nodes, nodes)
-            time.sleep(2)
-    except KeyboardInterrupt:
-        sys.exit("sesame: stopped while waiting for Ray nodes")
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(app_builder(overrides), blocking=False)
-    log.info("Sesame is ready at http://%s:%s/ on %d Ray node(s) (store %s); Ctrl-C stops it",
-             settings.host, settings.port, nodes,
-             describe_url(overrides.get("database_url", settings.database_url)))
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where
-        signal.signal(signum, lambda *_: stop.set())  # the shell hands SIGINT down as ignored
-    stop.wait()
-    log.info("stopping: runs in flight are marked interrupted")
-    serve.shutdown()
-    ray.shutdown()
-
-
-if __name__ == "__main__":
     main()

@@ -84,10 +84,11 @@ def main() -> None:
     plan: dict[str, Any] = json.loads(Path(plan_path).read_text())
     uses_ray = name in ("sesame-ray", "sesame-http")
     replies = os.fdopen(int(reply_fd), "w")
+    direct_port = _free_port() if name == "sesame-http" else None
     if uses_ray:
-        sesame_adapter.start_ray()
+        sesame_adapter.start_ray(direct_port)
     try:
-        serve_url = sesame_adapter.start_serve(_free_port()) if name == "sesame-http" else None
+        serve_url = sesame_adapter.start_serve(_free_port(), direct_port) if direct_port else None
         session = Session(build_engine(name, serve_url), {**plan, "threads": in_process_threads()},
                           plan["stub_pids"])
         asyncio.run(serve_commands(session, replies))

@@ -170,9 +170,17 @@ class SesameHTTP:
         await self._http.close()
 
 
-def start_ray() -> None:
+def start_ray(direct_port: int | None = None) -> None:
+    """A local Ray; with `direct_port`, set up as `scripts/serve` sets it up (launch.py): Serve's
+    throughput mode with the ingress replica answering on that port itself."""
+    import os
+
     import ray
 
+    from launch import direct_environment
+
+    if direct_port is not None:
+        os.environ.update(direct_environment(direct_port))
     # "local": never join another Ray instance that happens to run on this machine.
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
@@ -183,18 +191,20 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
-def start_serve(port: int) -> str:
+def start_serve(proxy_port: int, direct_port: int) -> str:
+    """The app as `scripts/serve` deploys it; answers the URL users would call (the replica's
+    own port)."""
     from ray import serve
 
     from serve_app import app_builder
 
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
     # Every bench run is one user's: the per-user cap (a fairness limit) must not shape the load.
     # The store is a fresh SQLite file, as `scripts/serve` uses by default.
     store = Path(tempfile.mkdtemp(prefix="sesame-bench-store-")) / "sesame.db"
     serve.run(app_builder({"database_url": f"sqlite:///{store}", "max_runs_per_user": 1_000_000}),
               name="sesame", route_prefix="/")
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{direct_port}"
 
 
 def stop_serve() -> None:

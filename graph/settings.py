@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy.")
     port: int = Field(8000, description="HTTP port of the Serve proxy.")
     ray_address: str | None = Field(None, description="Ray cluster to join; unset = start a local one.")
+    direct_ingress: bool = Field(
+        True, description="With a Ray of its own, answer on SESAME_PORT straight from the ingress "
+                          "replica (Serve's direct ingress) rather than through Serve's proxy.")
 
     workers: int = Field(2, ge=1, description="Node-worker actors in the pool (spread over the cluster).")
     worker_concurrency: int = Field(1000, ge=1, description="Concurrent node calls per worker actor.")

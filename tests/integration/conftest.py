@@ -51,11 +51,18 @@ def sesame_url(openai_stub, composio_stub, database_file):
     import ray
     from ray import serve
 
+    from launch import THROUGHPUT_ENVIRONMENT
     from serve_app import PROXY_ENVIRONMENT, app_builder
 
+    # As scripts/serve runs it: Serve's throughput mode, each app's replica answering on a port of
+    # its own (the main app's is `direct_url`); Serve's proxy routes the prefixes at `sesame_url`.
+    window = _free_window(40)
     os.environ.update({"OPENAI_BASE_URL": openai_stub.base_url, "OPENAI_API_KEY": OPENAI_KEY,
                        "COMPOSIO_BASE_URL": composio_stub.base_url, "COMPOSIO_API_KEY": COMPOSIO_KEY,
-                       **PROXY_ENVIRONMENT})
+                       **PROXY_ENVIRONMENT, **THROUGHPUT_ENVIRONMENT,
+                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5",
+                       "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(window),
+                       "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(window + 40)})
     port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -69,11 +76,43 @@ def sesame_url(openai_stub, composio_stub, database_file):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def direct_url(sesame_url):
+    """The main app's replica itself (Serve's direct ingress): what a user of scripts/serve hits."""
+    window = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
+    for port in range(window, window + 40):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200 and \
+                    "agent_config" in httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).text:
+                return f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            continue
+    raise RuntimeError("no replica answers in the direct-ingress port window")
+
+
+def _free_window(size: int) -> int:
+    """The first port of `size` consecutive free loopback ports."""
+    while True:
+        start = _free_port()
+        if start + size < 65000 and all(_port_free(p) for p in range(start, start + size)):
+            return start
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @pytest.fixture
-def client(sesame_url, openai_stub, composio_stub):
+def client(direct_url, openai_stub, composio_stub):
+    """Talks to the main app as users do: straight to its replica."""
     openai_stub.reset()
     composio_stub.reset()
-    with httpx.Client(base_url=sesame_url, timeout=60) as http:
+    with httpx.Client(base_url=direct_url, timeout=60) as http:
         yield http
 
 

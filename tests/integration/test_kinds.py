@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.stubs.anthropic_stub import AnthropicStub
@@ -51,12 +52,13 @@ def kinds_app(sesame_url: str, openai_stub: Any, servers: dict[str, Any]) -> str
 
 
 @pytest.fixture
-def kinds(client: Any, kinds_app: str, servers: dict[str, Any]) -> Any:
+def kinds(client: Any, sesame_url: str, kinds_app: str, servers: dict[str, Any]) -> Any:
     servers["anthropic"].reset()
     servers["target"].requests.clear()
     servers["smtp"].messages.clear()
     servers["mcp_log"].write_text("")
-    return lambda body: client.post(kinds_app, json=body)
+    with httpx.Client(base_url=sesame_url, timeout=60) as proxy:  # the app's prefix, through Serve's proxy
+        yield lambda body: proxy.post(kinds_app, json=body)
 
 
 def llm(children: list[str], calls: list[dict[str, Any]] | None = None, provider: str = "OpenAI",

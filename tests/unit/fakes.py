@@ -15,7 +15,7 @@ from typing import Any
 
 from graph.errors import ProviderError
 from graph.kinds import KindKey, LLMRequest, NodeOutput, RunContext, ToolFunction, ToolRequest
-from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, ToolNodeSpec, Usage
+from graph.schema import ActionRequired, NodeSpec, ToolCall, ToolNodeSpec, Usage
 
 
 class FakeLLM:

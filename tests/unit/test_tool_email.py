@@ -4,7 +4,6 @@ self-signed certificate made here, SMTPS, AUTH — asserting what the server rec
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
