@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,7 +47,8 @@ from graph import logs
 from graph.kinds import RegistryFactory, RunContext
 from graph.schema import ActionRequired, ErrorInfo, LLMNodeSpec, NodeResult, NodeSpec, Placement
 from graph.settings import Settings
-from graph.worker import NodeTask, TokenCallback, execute_task, node_timeout_s, preflight_nodes
+from graph.task import Chain, NodeTask
+from graph.worker import TokenCallback, execute_chain, execute_task, node_timeout_s, preflight_nodes
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ class NodeWorker:
     async def run(self, task: NodeTask) -> NodeResult:
         self._use_own_threads()
         return await execute_task(self._registry, self._settings, task, self._placement)
+
+    @ray.method(enable_task_events=False)
+    async def run_chain(self, chain: Chain) -> list[NodeResult]:
+        self._use_own_threads()
+        return await execute_chain(self._registry, self._settings, chain, self._placement)
 
     @ray.method(enable_task_events=False)
     async def run_streaming(self, task: NodeTask) -> AsyncIterator[TokenChunk | NodeResult]:
@@ -178,41 +184,62 @@ class RayRunner:
                                        f"({type(failure).__name__}); try again") for spec in specs]
 
     async def run(self, task: NodeTask, on_token: TokenCallback | None = None) -> NodeResult:
-        started = time.time()
         timeout_s = node_timeout_s(task.spec, self._settings) + _GRACE_S
+
+        async def send(index: int, lost: int) -> list[NodeResult]:
+            if on_token is None:
+                return [await self._bounded(self._workers[index].run.remote(task), timeout_s)]
+            return [await self._streamed(index, task, on_token, lost, timeout_s)]
+
+        [result] = await self._send(task, [task.spec], timeout_s, send)
+        return result
+
+    async def run_chain(self, chain: Chain) -> list[NodeResult]:
+        """A node and the nodes after it in one actor call (graph.worker's `execute_chain`)."""
+        timeout_s = sum(node_timeout_s(spec, self._settings) for spec in chain.specs) + _GRACE_S
+
+        async def send(index: int, lost: int) -> list[NodeResult]:
+            return await self._bounded(self._workers[index].run_chain.remote(chain), timeout_s)
+
+        return await self._send(chain.first, chain.specs, timeout_s, send)
+
+    async def _send(self, first: NodeTask, specs: list[NodeSpec], timeout_s: float,
+                    send: Callable[[int, int], Awaitable[list[NodeResult]]]) -> list[NodeResult]:
+        """`send(worker, lost)` to a worker; if the worker dies, to another one — as long as
+        every node sent is an LLM node (a tool call may already have reached its provider)."""
+        started = time.time()
         lost = 0  # attempts lost with workers that died under the node
         while True:
             index = self._next_worker()
             try:
-                if on_token is None:
-                    result = await self._bounded(self._workers[index].run.remote(task), timeout_s)
-                else:
-                    result = await self._streamed(index, task, on_token, lost, timeout_s)
-                return _with_lost_attempts(result, lost, started) if lost else result
+                results = await send(index, lost)
+                if lost:
+                    results = [_with_lost_attempts(results[0], lost, started), *results[1:]]
+                return results
             except TimeoutError:
                 error = ErrorInfo(code="node_timeout", retryable=True,
-                                  message=f"node {task.spec.id!r} got no answer from its worker within "
+                                  message=f"node {first.spec.id!r} got no answer from its worker within "
                                           f"{timeout_s:g} s")
             except RayActorError as exc:
                 self._failed_at[index] = time.monotonic()
                 lost += 1
-                resend = isinstance(task.spec, LLMNodeSpec) and lost < _WORKER_ATTEMPTS
-                log.warning("node %s: its worker died (%s)%s", task.spec.id, type(exc).__name__,
+                resend = all(isinstance(spec, LLMNodeSpec) for spec in specs) and lost < _WORKER_ATTEMPTS
+                log.warning("node %s: its worker died (%s)%s", first.spec.id, type(exc).__name__,
                             "; sending it to another worker" if resend else "",
-                            extra={"run_id": task.context.run_id})
+                            extra={"run_id": first.context.run_id})
                 if resend:
                     continue
-                error = _worker_died(task, lost)
+                error = _worker_died(first, lost)
             except RayError as exc:
-                log.exception("node %s: Ray error", task.spec.id, extra={"run_id": task.context.run_id})
+                log.exception("node %s: Ray error", first.spec.id, extra={"run_id": first.context.run_id})
                 error = ErrorInfo(code="runtime_error", retryable=True,
-                                  message=f"node {task.spec.id!r} could not be run on Ray ({type(exc).__name__})")
+                                  message=f"node {first.spec.id!r} could not be run on Ray ({type(exc).__name__})")
             break
         finished = time.time()
-        spec = task.spec
-        return NodeResult(id=spec.id, name=spec.name, type=spec.type, status="failed", error=error,
-                          started_at=started, finished_at=finished, attempts=max(lost, 1),
-                          duration_ms=round((finished - started) * 1000, 3))
+        spec = first.spec
+        return [NodeResult(id=spec.id, name=spec.name, type=spec.type, status="failed", error=error,
+                           started_at=started, finished_at=finished, attempts=max(lost, 1),
+                           duration_ms=round((finished - started) * 1000, 3))]
 
     async def _streamed(self, index: int, task: NodeTask, on_token: TokenCallback, lost: int,
                         timeout_s: float) -> NodeResult:

@@ -7,25 +7,29 @@ routed to it (none → `skipped`, which does not fail the run).
 
 The scheduler renders each node's inputs here, in the caller's event loop, and hands a ready
 `NodeTask` to a `NodeRunner`: where the work actually runs (Ray actors, or this process) is the
-runner's business. If the run is cancelled, every node still in flight is cancelled with it.
-Progress (a node started, a token, a node finished) goes to a `RunObserver` as it happens.
+runner's business. A node followed by nodes that wait for nothing else goes as one `Chain`
+(`graph.worker.execute_chain`): one trip for all of them, unless the run streams tokens to a watcher. If the
+run is cancelled, every node still in flight is cancelled with it. Progress (a node started, a
+token, a node finished) goes to a `RunObserver` as it happens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from graph.errors import PromptTooLarge
 from graph.kinds import RunContext, Turn
 from graph.schema import ErrorInfo, LLMNodeSpec, NodeId, NodeResult, ToolCall, ToolNodeSpec
-from graph.templates import referenced_nodes, render, render_value, strings_in
-from graph.worker import NodeRunner, NodeTask
+from graph.task import Chain, ChainStep, NodeTask
+from graph.tasks import Inputs, action_task, as_text, llm_task, referenced, routed_task, too_large
+from graph.worker import NodeRunner
 from graph.workflow import Workflow
+
+__all__ = ["NO_TOOL_CALL", "RunObserver", "RunOptions", "Scheduler", "SilentObserver", "as_text"]
 
 NO_TOOL_CALL = "no_tool_call"
 
@@ -60,11 +64,6 @@ class RunOptions:
     stream_tokens: bool = False
 
 
-def as_text(output: Any) -> str:
-    """A node's output as a child sees it: text as is, anything structured as JSON."""
-    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
-
-
 class Scheduler:
     def __init__(self, workflow: Workflow, runner: NodeRunner, context: RunContext,
                  observer: RunObserver | None = None, options: RunOptions = RunOptions()):
@@ -79,7 +78,7 @@ class Scheduler:
 
     async def run(self) -> dict[NodeId, NodeResult]:
         """Run every node; returns each node's result in agent_config order."""
-        in_flight: dict[asyncio.Task[NodeResult], NodeId] = {}
+        in_flight: dict[asyncio.Task[list[NodeResult]], NodeId] = {}
         ready = [node_id for node_id, count in self._waiting_on.items() if count == 0]
         try:
             while ready or in_flight:
@@ -96,7 +95,7 @@ class Scheduler:
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     in_flight.pop(task)
-                    ready.extend(self._finish(task.result()))
+                    ready.extend(self._finish(*task.result()))
         finally:
             for task in in_flight:
                 task.cancel()
@@ -120,16 +119,33 @@ class Scheduler:
             results[node_id] = result
         return results
 
-    async def _start(self, node_id: NodeId) -> NodeResult:
-        self._started_at[node_id] = time.time()
+    async def _start(self, node_id: NodeId) -> list[NodeResult]:
+        """Run `node_id` (and the chain after it, when it can go in one trip); its results."""
+        started = self._started_at[node_id] = time.time()
         self._observer.node_started(node_id)
         try:
             task = self._task_for(node_id)
         except PromptTooLarge as exc:  # over SESAME_MAX_RENDERED_CHARS: fail before building it
-            return _failed(self._workflow, node_id, exc, self._started_at[node_id])
-        if self._options.stream_tokens and isinstance(task.spec, LLMNodeSpec):
-            return await self._runner.run(task, on_token=functools.partial(self._observer.token, node_id))
-        return await self._runner.run(task)
+            return [too_large(self._workflow.nodes[node_id], exc, started, time.time())]
+        if self._options.stream_tokens:
+            on_token = functools.partial(self._observer.token, node_id)
+            return [await self._runner.run(task, on_token=on_token if isinstance(task.spec, LLMNodeSpec) else None)]
+        after = self._workflow.chain_after(node_id)
+        if not after:
+            return [await self._runner.run(task)]
+        return await self._runner.run_chain(self._chain(task, after))
+
+    def _chain(self, first: NodeTask, after: list[NodeId]) -> Chain:
+        steps = tuple(ChainStep(spec=self._workflow.nodes[n], tools=tuple(self._workflow.tool_children(n)),
+                                history=self._history(n)) for n in after)
+        inside = {first.spec.id, *after}
+        named = {ref for n in after for ref in referenced(self._workflow.nodes[n]) if ref not in inside}
+        return Chain(first=first, steps=steps, user_query=self._workflow.user_query,
+                     outputs={ref: as_text(self._results[ref].output) for ref in named},
+                     limit=self._workflow.limits.max_rendered_chars)
+
+    def _history(self, node_id: NodeId) -> tuple[Turn, ...]:
+        return self._options.history if self._workflow.reads_memory(node_id) else ()
 
     def _settle_without_running(self, node_id: NodeId) -> NodeResult | None:
         spec = self._workflow.nodes[node_id]
@@ -138,18 +154,24 @@ class Scheduler:
             return _skipped(self._workflow, node_id, NO_TOOL_CALL)
         return None
 
-    def _finish(self, result: NodeResult) -> list[NodeId]:
-        """Record `result`; return the children that became ready."""
-        self._results[result.id] = result
-        self._observer.node_finished(result)
-        if result.status != "succeeded":
-            self._skip_below(result.id, f'upstream node "{result.id}" {result.status}')
-            return []
+    def _finish(self, *results: NodeResult) -> list[NodeId]:
+        """Record `results` (one node's, or a chain's in order); return the children that
+        became ready. All are recorded first: a chain's later nodes are not ready, they ran."""
+        for result in results:
+            if result.id not in self._started_at and result.started_at is not None:
+                self._started_at[result.id] = result.started_at  # ran in a chain: told now
+                self._observer.node_started(result.id)
+            self._results[result.id] = result
+            self._observer.node_finished(result)
         ready = []
-        for child in dict.fromkeys(self._workflow.nodes[result.id].children):
-            self._waiting_on[child] -= 1
-            if self._waiting_on[child] == 0 and child not in self._results:
-                ready.append(child)
+        for result in results:
+            if result.status != "succeeded":
+                self._skip_below(result.id, f'upstream node "{result.id}" {result.status}')
+                continue
+            for child in dict.fromkeys(self._workflow.nodes[result.id].children):
+                self._waiting_on[child] -= 1
+                if self._waiting_on[child] == 0 and child not in self._results:
+                    ready.append(child)
         return ready
 
     def _skip_below(self, node_id: NodeId, reason: str) -> None:
@@ -167,44 +189,22 @@ class Scheduler:
 
     def _task_for(self, node_id: NodeId) -> NodeTask:
         spec = self._workflow.nodes[node_id]
+        if isinstance(spec, ToolNodeSpec) and self._workflow.llm_parents(node_id):
+            return routed_task(spec, self._context, self._routed_calls(node_id))
         parents = self._workflow.parents[node_id]
-        variables = {
-            "input": "\n\n".join(as_text(self._results[p].output) for p in parents)
-                     if parents else self._workflow.user_query,
-            "user_query": self._workflow.user_query,
-            "user_id": self._workflow.user_id,
-            "conversation_id": self._workflow.conversation_id,
-        }
+        inputs = Inputs(
+            user_query=self._workflow.user_query, user_id=self._workflow.user_id,
+            conversation_id=self._workflow.conversation_id,
+            input="\n\n".join(as_text(self._results[p].output) for p in parents) if parents
+            else self._workflow.user_query,
+            outputs={ref: as_text(self._results[ref].output) for ref in referenced(spec)},
+            limit=self._workflow.limits.max_rendered_chars)
         if isinstance(spec, LLMNodeSpec):
-            template = spec.prompt_template if spec.prompt_template is not None else "{input}"
-            outputs = self._outputs_for(template, spec.system_prompt or "")
-            limit = self._workflow.limits.max_rendered_chars
-            system = render(spec.system_prompt, variables, outputs, limit) if spec.system_prompt else None
-            history = self._options.history if self._workflow.reads_memory(node_id) else ()
-            return NodeTask(spec=spec, context=self._context, prompt=render(template, variables, outputs, limit),
-                            system_prompt=system, tools=tuple(self._workflow.tool_children(node_id)),
-                            history=history)
-        if self._workflow.llm_parents(node_id):
-            return NodeTask(spec=spec, context=self._context, calls=tuple(self._routed_calls(node_id)))
-        outputs = self._outputs_for(*strings_in(spec.arguments or {}))
-        call = ToolCall(id=f"{node_id}-call-1", action=spec.action or "", node_id=node_id,
-                        arguments=render_value(spec.arguments or {}, variables, outputs,
-                                               self._workflow.limits.max_rendered_chars))
-        return NodeTask(spec=spec, context=self._context, calls=(call,))
-
-    def _outputs_for(self, *templates: str) -> dict[NodeId, str]:
-        """Texts of the ancestors that the templates name (validation made sure they are)."""
-        return {ref: as_text(self._results[ref].output)
-                for template in templates for ref in referenced_nodes(template)}
+            return llm_task(spec, self._context, inputs, tuple(self._workflow.tool_children(node_id)),
+                            self._history(node_id))
+        return action_task(spec, self._context, inputs)
 
 
 def _skipped(workflow: Workflow, node_id: NodeId, reason: str) -> NodeResult:
     spec = workflow.nodes[node_id]
     return NodeResult(id=node_id, name=spec.name, type=spec.type, status="skipped", skip_reason=reason)
-
-
-def _failed(workflow: Workflow, node_id: NodeId, exc: PromptTooLarge, started: float) -> NodeResult:
-    spec, now = workflow.nodes[node_id], time.time()
-    return NodeResult(id=node_id, name=spec.name, type=spec.type, status="failed",
-                      error=ErrorInfo(code=exc.error_code, message=exc.message, retryable=False),
-                      started_at=started, finished_at=now, duration_ms=round((now - started) * 1000, 3))

@@ -64,6 +64,18 @@ class Workflow:
     def uses_memory(self) -> bool:
         return any(self.reads_memory(node_id) for node_id in self.nodes)
 
+    def chain_after(self, node_id: NodeId) -> list[NodeId]:
+        """The nodes that can run right after `node_id` in the same trip (graph.worker's
+        `execute_chain`): while a node's only child has it as its only parent, that child."""
+        chain: list[NodeId] = []
+        current = node_id
+        while True:
+            children = list(dict.fromkeys(self.nodes[current].children))
+            if len(children) != 1 or len(self.parents[children[0]]) != 1:
+                return chain
+            current = children[0]
+            chain.append(current)
+
     def tool_children(self, node_id: NodeId) -> list[ToolNodeSpec]:
         return [child for c in self.nodes[node_id].children
                 if isinstance(child := self.nodes[c], ToolNodeSpec)]

@@ -76,3 +76,17 @@ def test_the_command_drives_engine_processes_and_writes_the_results(tmp_path):
     assert set(results["raw"]) == {"asyncio", "langgraph", "sesame-local"}
     assert "| reference @5ms |" in run.stdout and "plain asyncio" in run.stdout
     assert results["machine"]["cores"] >= 1 and results["summary"]["loads"]["langgraph"]["failed"] == 0
+
+
+def test_the_fault_load_keeps_its_promises_at_a_tiny_size(tmp_path):
+    # Its own Ray (a subprocess: this session has one), Serve's direct ingress, a failing stub.
+    out = tmp_path / "fault_load.json"
+    run = subprocess.run([sys.executable, "-m", "bench.fault_load", "--total", "40", "--concurrency", "8",
+                          "--fail-rate", "0.3", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["five_xx"] == 0 and result["http_statuses"] == {"200": 40}
+    assert result["runs"] == 40 and result["unreadable"] == 0 and result["not_terminal"] == 0
+    assert len(result["run_statuses"]) >= 2  # the faults showed: not every run succeeded
+    assert "| HTTP 5xx from Sesame | 0 |" in run.stdout

@@ -9,6 +9,7 @@ it in its `parameters` (Sesame passes parameters through to the provider):
               "tool_calls": [{"name": "GMAIL_SEND_EMAIL", "arguments": {...}}] | "none",
               "status": 400, "message": "...", "retry_after": 2,   # answer with an error
               "fail_first": 2, "key": "k",  # fail the first 2 calls with this key, then succeed
+              "fail_rate": 0.05,            # fail this share of calls at random (429, 500, 503, 400)
               # only for `"stream": true` requests:
               "chunk_delay_ms": 50,         # sleep before each chunk (tokens arrive over time)
               "error_after": 3,             # after 3 chunks send an error event instead of the rest
@@ -31,6 +32,7 @@ delayed ACK and bursts are dropped).
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
@@ -41,6 +43,7 @@ from http.server import BaseHTTPRequestHandler
 from tests.stubs.quiet_server import QuietHTTPServer
 from typing import Any
 
+_RANDOM_FAILURES = (429, 500, 503, 400)  # what "fail_rate" answers: mostly retryable, some not
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 
 
@@ -250,6 +253,10 @@ def _answer(body: dict[str, Any], directive: dict[str, Any], record: Recorded,
             headers = {"Retry-After": str(directive["retry_after"])} if "retry_after" in directive else {}
             message = directive.get("message", f"stub error {directive['status']}")
             return int(directive["status"]), _error(message, "stub_error"), headers
+    if random.random() < float(directive.get("fail_rate", 0)):  # injected faults, for load tests
+        status = random.choice(_RANDOM_FAILURES)
+        return status, _error(f"stub injected failure {status}", "stub_fault"), \
+            {"Retry-After": "0"} if status == 429 else {}
     if not record.headers.get("authorization", "").startswith("Bearer "):
         return 401, _error("missing API key", "invalid_api_key"), {}
 

@@ -150,3 +150,48 @@ def test_cancelling_a_run_cancels_in_flight_nodes():
 def test_node_timeout_fails_the_node():
     response, _ = run(request(llm("A", delay=1)), node_timeout_s=0.05)
     assert response.nodes["A"].status == "failed" and response.nodes["A"].error.code == "node_timeout"
+
+
+class CountingRunner(LocalRunner):
+    def __init__(self, registry, settings):
+        super().__init__(registry, settings)
+        self.trips = []
+
+    async def run(self, task, on_token=None):
+        self.trips.append([task.spec.id])
+        return await super().run(task, on_token)
+
+    async def run_chain(self, chain):
+        self.trips.append([spec.id for spec in chain.specs])
+        return await super().run_chain(chain)
+
+
+def run_counting(body):
+    registry = FakeRegistry()
+    runner = CountingRunner(registry, Settings(retry_base_delay_s=0.001))
+    return asyncio.run(run_workflow(validate_request(body, registry.known()), runner)), runner, registry
+
+
+def test_a_chain_goes_to_a_worker_in_one_trip_and_renders_as_it_would_step_by_step():
+    body = request(llm("A", ["B"]), llm("B", ["C"], prompt="B sees {input} and {user_query}"),
+                   llm("C", ["T"], prompt="{node.A} then {input}",
+                       calls=[{"action": "GMAIL_SEND", "arguments": {"to": "sam"}}]), tool("T"))
+    response, runner, registry = run_counting(body)
+    assert runner.trips == [["A", "B", "C", "T"]]
+    assert registry.requests("B")[0].prompt == "B sees A(hi) and hi"
+    assert registry.requests("C")[0].prompt == "A(hi) then B(B sees A(hi) and hi)"
+    assert response.nodes["T"].output == [{"action": "GMAIL_SEND", "arguments": {"to": "sam"}, "version": "v1"}]
+    assert response.status == "succeeded"
+
+
+def test_a_chain_stops_where_a_node_fails_or_the_model_calls_nothing():
+    response, runner, registry = run_counting(request(llm("A", ["B"], fail="bad"), llm("B", ["C"]), llm("C")))
+    assert runner.trips == [["A", "B", "C"]] and registry.requests("B") == []
+    assert [response.nodes[n].status for n in "ABC"] == ["failed", "skipped", "skipped"]
+    response, runner, _ = run_counting(request(llm("A", ["T"]), tool("T")))
+    assert response.nodes["T"].skip_reason == "no_tool_call" and response.status == "succeeded"
+
+
+def test_no_chain_across_a_fan_out_or_a_join():
+    _, runner, _ = run_counting(request(llm("A", ["B", "C"]), llm("B", ["D"]), llm("C", ["D"]), llm("D")))
+    assert sorted(map(tuple, runner.trips)) == [("A",), ("B",), ("C",), ("D",)]

@@ -286,3 +286,16 @@ def test_provider_text_with_a_lone_surrogate_is_stored_and_streamed_not_a_crash(
     (result, streamed, stored), _ = scenario(database_url, body)
     assert result.status == "succeeded" and result.output == "bad \ufffd text"
     assert stored.output == "bad \ufffd text" and len(streamed) >= 5
+
+
+def test_a_chain_run_in_one_trip_still_tells_each_node_in_order(database_url):
+    async def body(service):
+        run_id, _ = await service.start_run(workflow_of(llm("A", ["B"]), llm("B", ["C"]), llm("C")), T)
+        await service.result(run_id)
+        return [(e.type, e.data.get("node_id") or e.data.get("node", {}).get("id")) for e in await collect(service, run_id)]
+
+    events, _ = scenario(database_url, body)
+    assert events == [("run_started", None),
+                      ("node_started", "A"), ("node_finished", "A"), ("node_started", "B"),
+                      ("node_finished", "B"), ("node_started", "C"), ("node_finished", "C"),
+                      ("run_finished", None)]
