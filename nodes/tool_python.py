@@ -43,6 +43,7 @@ RUNNER = Path(__file__).with_name("sandbox_runner.py")
 NOBODY = 65534
 _NAMESPACES = ["--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
 _ROOTLESS = ["--user", "--map-root-user", *_NAMESPACES]
+_REAP_S = 5.0  # how long a killed child's pipes may take to close
 
 
 class PythonToolKind:
@@ -120,7 +121,7 @@ class PythonToolKind:
             return {"ok": False, "kind": "output", "error": f"the output is over {cap} bytes"}
         finally:
             _kill_group(process)
-            await process.wait()
+            await _reap(process)
         try:
             envelope = json.loads(output)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -160,6 +161,20 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int) -> bytes:
         if len(data) > cap:
             raise _TooMuch()
     return bytes(data)
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Wait for a killed child. asyncio's `wait()` returns only once the child's pipes are closed,
+    and a stdout left unread (output over the cap) stays paused and never closes: read it to its
+    end first. Bounded, so a descendant that kept the pipe open cannot hang the node."""
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(_REAP_S):
+            while await process.stdout.read(65536):
+                pass
+            await process.wait()
+    except TimeoutError:
+        log.warning("python tool: a child's output pipe stayed open %g s after it was killed", _REAP_S)
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

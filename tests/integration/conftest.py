@@ -67,8 +67,11 @@ def sesame_url(openai_stub, composio_stub, database_file):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     store = f"sqlite:///{database_file}"
+    # Tests change who is connected in the Composio stub from one test to the next, so the main
+    # app asks Composio every run (the cache itself is proven in tests/unit/test_tool_composio.py).
     serve.run(app_builder({"composio_auth_configs": {"gmail": "ac_gmail"}, "database_url": store,
-                           "heartbeat_s": 0.5}), name="main", route_prefix="/")
+                           "heartbeat_s": 0.5, "composio_connection_cache_s": 0}),
+              name="main", route_prefix="/")
     serve.run(app_builder({"composio_api_key": None, "database_url": store, "heartbeat_s": 0.5}),
               name="bare", route_prefix="/bare")
     yield f"http://127.0.0.1:{port}"

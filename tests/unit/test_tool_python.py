@@ -109,6 +109,20 @@ def test_output_written_around_the_capture_is_capped_by_the_parent() -> None:
     assert "output" in message
 
 
+def test_output_over_the_cap_never_hangs_the_node() -> None:
+    """A bug kept as a test: the parent stopped reading at the cap, asyncio paused the pipe, and
+    waiting for the killed child never returned — now and then (3 runs in 60 hung before the fix).
+    A hundred tries, each bounded, so a hang fails the test instead of stalling the suite."""
+    kind = PythonToolKind(Settings(**LIMITS))
+    request = ToolRequest(spec=spec("import os\nos.write(1, b'z' * 2000000)"), context=CONTEXT,
+                          calls=[ToolCall(id="c1", action="calc", arguments={})])
+
+    async def a_hundred_times() -> list[str]:
+        return [(await asyncio.wait_for(kind.run(request), timeout=20)).output[0]["error"] for _ in range(100)]
+
+    assert all("output" in error for error in asyncio.run(a_hundred_times()))
+
+
 def test_a_socket_cannot_reach_a_listener_on_loopback() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
