@@ -30,7 +30,7 @@ from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
 from nodes.llm_openai import SESAME_PARAMETERS
 from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
-from nodes.provider_http import origin, retry_after_s, retryable_status
+from nodes.provider_http import origin, retry_after_s, retryable_status, shared_ssl_context
 from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ class AnthropicKind:
         return anthropic.AsyncAnthropic(
             api_key=where.key or NO_KEY, base_url=where.base_url, max_retries=0,
             timeout=self._settings.llm_timeout_s,
-            http_client=guarded_client(self._policy) if where.from_node else None)
+            http_client=(guarded_client(self._policy) if where.from_node
+                         else anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context(trust_env=True))))
 
 
 def messages(history: tuple[Turn, ...], prompt: str) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
 from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
 from graph.settings import Settings
 from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
-from nodes.provider_http import origin, retry_after_s, retryable_status
+from nodes.provider_http import origin, retry_after_s, retryable_status, shared_ssl_context
 from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
 
 SESAME_PARAMETERS = ("memory",)  # consumed by Sesame, never sent to the provider
@@ -89,7 +89,8 @@ class OpenAIChatKind:
                           usage=_usage(response.usage))
 
     def _new_client(self, where: Endpoint) -> openai.AsyncOpenAI:
-        http_client = guarded_client(self._policy) if where.from_node else None
+        http_client = (guarded_client(self._policy) if where.from_node
+                       else openai.DefaultAsyncHttpxClient(verify=shared_ssl_context(trust_env=True)))
         return openai.AsyncOpenAI(api_key=where.key or NO_KEY, base_url=where.base_url, max_retries=0,
                                   timeout=self._settings.llm_timeout_s, http_client=http_client)
 

@@ -25,6 +25,8 @@ from typing import Any
 import httpcore2
 import httpx2
 
+from nodes.provider_http import shared_ssl_context
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -133,13 +135,14 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def guarded_transport(policy: AddressPolicy, verify: Any = True) -> httpx2.AsyncHTTPTransport:
+def guarded_transport(policy: AddressPolicy) -> httpx2.AsyncHTTPTransport:
     """An httpx2 transport whose every connection goes through `GuardedBackend`; proxies from
     the environment are ignored (they would make the connection on our behalf)."""
-    transport = httpx2.AsyncHTTPTransport(verify=verify, trust_env=False, retries=0)
+    tls = shared_ssl_context(trust_env=False)
+    transport = httpx2.AsyncHTTPTransport(verify=tls, trust_env=False, retries=0)
     # httpx2's transport takes no network backend: swap in a pool built with ours.
     transport._pool = httpcore2.AsyncConnectionPool(  # noqa: SLF001
-        ssl_context=httpx2.create_ssl_context(verify=verify, trust_env=False),
+        ssl_context=tls,
         max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0,
         network_backend=GuardedBackend(policy))
     return transport

@@ -160,3 +160,28 @@ def test_an_endpoints_clients_are_used_in_turn_and_evicted_together():
     first = asyncio.run(scenario())
     assert len(set(map(id, first))) == 3 and first[:3] == first[3:]
     assert len(closed) == 3
+
+
+def test_every_outbound_client_shares_one_tls_context_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each client used to load the CA bundle into a context of its own: ~34 ms of CPU per new
+    # SDK client on the worker's loop, which stalled a fresh worker's first burst of calls.
+    import httpcore2
+
+    from nodes.llm_anthropic import AnthropicKind
+    from nodes.netguard import AddressPolicy, guarded_client
+    from nodes.provider_http import shared_ssl_context
+
+    built = []
+    real = httpcore2.default_ssl_context
+    monkeypatch.setattr(httpcore2, "default_ssl_context", lambda *a, **k: built.append(1) or real(*a, **k))
+    shared_ssl_context.cache_clear()
+    settings = Settings()
+    openai_kind, anthropic_kind = OpenAIChatKind(settings), AnthropicKind(settings)
+    server = endpoint(llm("openai", api_key_value="k"), settings)
+    own = endpoint(llm("openai", api_key_value="k", base_url="https://llm.example.com/v1"), settings)
+    assert not server.from_node and own.from_node
+    clients = [make(where) for make in (openai_kind._new_client, anthropic_kind._new_client)
+               for where in (server, own) for _ in range(3)]
+    clients += [guarded_client(AddressPolicy.from_settings(())) for _ in range(3)]
+    assert len(clients) == 15
+    assert len(built) == 2  # one honouring SSL_CERT_FILE (the SDKs' own), one for guarded clients
