@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 OURS = ("graph", "nodes", "sesame")
 FIELDS = ("request_id", "run_id", "node_id")
@@ -22,14 +23,24 @@ class _Fields(logging.Formatter):
         return f"{text} {fields}" if fields else text
 
 
+def process_stderr() -> TextIO:
+    """The process's own stderr. In a Serve replica `sys.stderr` is Serve's `StreamToLogger`,
+    which walks the whole call stack (`traceback.extract_stack`, a `stat` per frame's file) for
+    every line written: it showed up in the ingress replica's event-loop stalls under load
+    (bench/RESULTS.md). Writing to the stream it wraps skips that; Ray still keeps the lines in
+    the process's `worker-*.err` file and forwards them to the driver's console."""
+    return getattr(sys.stderr, "_original_object", sys.stderr)
+
+
 def configure(level: int = logging.INFO) -> None:
-    """Send our loggers to stderr (which Ray keeps per process). Safe to call repeatedly."""
+    """Send our loggers to the process's stderr (which Ray keeps per process). Safe to call
+    repeatedly."""
     for name in OURS:
         logger = logging.getLogger(name)
         logger.setLevel(level)
         logger.propagate = False
         if not any(getattr(h, "_sesame", False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stderr)
+            handler = logging.StreamHandler(process_stderr())
             handler.setFormatter(_Fields("%(asctime)s %(levelname)s %(name)s %(message)s"))
             handler._sesame = True  # type: ignore[attr-defined]
             logger.addHandler(handler)
