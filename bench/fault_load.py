@@ -8,8 +8,9 @@ every run id is read back. It checks, and prints as a table (JSON in bench/resul
 
 - no HTTP 5xx from Sesame (a failed node is a 200 with `partial`/`failed`, never a 500);
 - every run id is readable afterwards and every run is in a terminal status;
-- the Ray cluster's memory is flat: RSS (sum over Sesame's Ray processes) sampled through the
-  load, compared between the end of the first quarter and the end.
+- the Ray cluster's memory is flat: RSS (sum over Sesame's Ray processes) sampled each second
+  through the load (not the read-back), compared between the end of the first quarter and the
+  end of the load, with the growth by process (which one grows).
 
 Loopback only; it stops by itself.
 
@@ -48,7 +49,8 @@ def workflow(index: int, fail_rate: float) -> dict[str, Any]:
             "user_id": f"user{index % 50}@example.com", "conversation_id": f"load-{index}"}
 
 
-async def drive(url: str, total: int, concurrency: int, fail_rate: float) -> dict[str, Any]:
+async def drive(url: str, total: int, concurrency: int, fail_rate: float,
+                load_done: threading.Event) -> dict[str, Any]:
     import aiohttp
 
     statuses: collections.Counter[int] = collections.Counter()
@@ -72,6 +74,7 @@ async def drive(url: str, total: int, concurrency: int, fail_rate: float) -> dic
         started = time.monotonic()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         wall = time.monotonic() - started
+        load_done.set()
         unreadable, not_terminal = 0, 0
         for run_id, user in runs.items():
             async with http.get(f"/runs/{run_id}", params={"user_id": user}) as response:
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update({"OPENAI_BASE_URL": stub.base_url, "OPENAI_API_KEY": "sk-bench-fault-load",
                        "SESAME_RETRY_BASE_DELAY_S": "0.05"})
     sesame_adapter.start_ray(direct_port)
-    samples: list[tuple[float, int]] = []
+    samples: list[dict[str, int]] = []
     try:
         url = sesame_adapter.start_serve(proxy_port, direct_port)
         processes = Processes({"openai": stub.pid})
@@ -109,13 +112,12 @@ def main(argv: list[str] | None = None) -> None:
 
         def sample() -> None:
             while not stop.is_set():
-                samples.append((time.monotonic(), processes.memory()["cluster"]))
+                samples.append(processes.memory_by_group())
                 stop.wait(1.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        result = asyncio.run(drive(url, args.total, args.concurrency, args.fail_rate))
-        stop.set()
+        result = asyncio.run(drive(url, args.total, args.concurrency, args.fail_rate, stop))
         sampler.join()
     finally:
         sesame_adapter.stop_serve()
@@ -132,14 +134,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"results: {out}")
 
 
-def _memory(samples: list[tuple[float, int]]) -> dict[str, float]:
-    """Cluster RSS (MiB) at the end of the first quarter of the load, at its peak, and at the end."""
+def _memory(samples: list[dict[str, int]]) -> dict[str, Any]:
+    """Cluster RSS (MiB; every process but the driver) at the end of the first quarter of the
+    load, at its peak and at its end, and each process group's growth over the last three
+    quarters."""
     if not samples:
         return {}
-    mib = [rss / 2**20 for _, rss in samples]
-    quarter = mib[max(0, len(mib) // 4 - 1)]
-    return {"after_first_quarter": round(quarter, 1), "peak": round(max(mib), 1), "end": round(mib[-1], 1),
-            "growth_after_first_quarter": round(mib[-1] - quarter, 1)}
+    mib = [sum(rss for group, rss in sample.items() if group != "driver") / 2**20 for sample in samples]
+    first = max(0, len(mib) // 4 - 1)
+    quarter, last = samples[first], samples[-1]
+    growth = {group: round((last.get(group, 0) - quarter.get(group, 0)) / 2**20, 1)
+              for group in sorted(set(quarter) | set(last)) if group != "driver"}
+    return {"after_first_quarter": round(mib[first], 1), "peak": round(max(mib), 1), "end": round(mib[-1], 1),
+            "growth_after_first_quarter": round(mib[-1] - mib[first], 1),
+            "growth_by_process": {g: v for g, v in sorted(growth.items(), key=lambda kv: -abs(kv[1])) if v}}
 
 
 def _table(r: dict[str, Any]) -> str:
@@ -150,7 +158,9 @@ def _table(r: dict[str, Any]) -> str:
             ("runs not in a terminal status", r["not_terminal"]),
             ("throughput", f"{r['requests_per_s']} requests/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"),
             ("cluster RSS MiB (quarter / peak / end)",
-             f"{r['rss_mib'].get('after_first_quarter')} / {r['rss_mib'].get('peak')} / {r['rss_mib'].get('end')}")]
+             f"{r['rss_mib'].get('after_first_quarter')} / {r['rss_mib'].get('peak')} / {r['rss_mib'].get('end')}"),
+            ("growth after the first quarter by process, MiB",
+             ", ".join(f"{g} {v:+}" for g, v in r["rss_mib"].get("growth_by_process", {}).items()) or "none")]
     return "| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
