@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from graph.errors import NodeError, NodeTimeout, ProviderError, redact
-from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
-from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
-from graph.settings import Settings
+from graph.kinds import LLMRequest, NodeOutput, Turn
+from graph.schema import LLMNodeSpec, ToolCall, Usage
 from nodes.llm_openai import SESAME_PARAMETERS
-from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
+from nodes.netguard import AddressRefused, guarded_client, refused_cause
 from nodes.provider_http import origin, retry_after_s, retryable_status, shared_ssl_context
-from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
+from nodes.providers import NO_KEY, Endpoint, LLMKind
 
 if TYPE_CHECKING:
     import anthropic
@@ -39,30 +38,15 @@ if TYPE_CHECKING:
 _RETRYABLE_STREAM_ERRORS = ("overloaded_error", "api_error", "rate_limit_error", "timeout_error")
 
 
-class AnthropicKind:
-    check = staticmethod(check_base_url)
-
-    def __init__(self, settings: Settings):
-        self._settings = settings
-        self._policy = AddressPolicy.from_settings(settings.http_allowed_networks)
-        self._clients: ClientCache[anthropic.AsyncAnthropic] = ClientCache(
-            self._new_client, lambda c: c.close(), shards=settings.llm_clients_per_endpoint)
-
+class AnthropicKind(LLMKind["anthropic.AsyncAnthropic"]):
     def warm_up(self) -> None:
         import anthropic  # noqa: F401
-
-    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
-        assert isinstance(spec, LLMNodeSpec)
-        where = endpoint(spec, self._settings)
-        return [missing_key(spec, where)] if where.missing else []
 
     async def run(self, request: LLMRequest) -> NodeOutput:
         import anthropic
 
         spec = request.spec
-        where = endpoint(spec, self._settings)
-        if where.missing:
-            raise ProviderError(f'node "{spec.id}" has no API key', "missing_api_key", False)
+        where = self._endpoint(spec)
         extra = {k: v for k, v in spec.parameters.items() if k not in SESAME_PARAMETERS}
         max_tokens = extra.pop("max_tokens") if "max_tokens" in extra else self._settings.anthropic_max_tokens
         tools = [{"name": f.name, "description": f.description, "input_schema": f.parameters}

@@ -27,35 +27,19 @@ from typing import Any
 import openai
 
 from graph.errors import NodeTimeout, ProviderError, redact
-from graph.kinds import LLMRequest, NodeOutput, RunContext, Turn
-from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec, ToolCall, Usage
-from graph.settings import Settings
-from nodes.netguard import AddressPolicy, AddressRefused, guarded_client, refused_cause
+from graph.kinds import LLMRequest, NodeOutput, Turn
+from graph.schema import LLMNodeSpec, ToolCall, Usage
+from nodes.netguard import AddressRefused, guarded_client, refused_cause
 from nodes.provider_http import origin, retry_after_s, retryable_status, shared_ssl_context
-from nodes.providers import NO_KEY, ClientCache, Endpoint, check_base_url, endpoint, missing_key
+from nodes.providers import NO_KEY, Endpoint, LLMKind
 
 SESAME_PARAMETERS = ("memory",)  # consumed by Sesame, never sent to the provider
 
 
-class OpenAIChatKind:
-    check = staticmethod(check_base_url)
-
-    def __init__(self, settings: Settings):
-        self._settings = settings
-        self._policy = AddressPolicy.from_settings(settings.http_allowed_networks)
-        self._clients: ClientCache[openai.AsyncOpenAI] = ClientCache(
-            self._new_client, lambda c: c.close(), shards=settings.llm_clients_per_endpoint)
-
-    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
-        assert isinstance(spec, LLMNodeSpec)
-        where = endpoint(spec, self._settings)
-        return [missing_key(spec, where)] if where.missing else []
-
+class OpenAIChatKind(LLMKind[openai.AsyncOpenAI]):
     async def run(self, request: LLMRequest) -> NodeOutput:
         spec = request.spec
-        where = endpoint(spec, self._settings)
-        if where.missing:
-            raise ProviderError(f'node "{spec.id}" has no API key', "missing_api_key", False)
+        where = self._endpoint(spec)
         key = where.key or ""
         tools = [{"type": "function", "function": {"name": f.name, "description": f.description,
                                                     "parameters": f.parameters}}

@@ -16,8 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from graph.schema import ActionRequired, LLMNodeSpec
+from graph.errors import ProviderError
+from graph.kinds import RunContext
+from graph.schema import ActionRequired, LLMNodeSpec, NodeSpec
 from graph.settings import Settings
+from nodes.netguard import AddressPolicy
 
 C = TypeVar("C")
 
@@ -134,3 +137,31 @@ class ClientCache(Generic[C]):
             for client in oldest:
                 await self._close(client)
         return clients[index]
+
+
+class LLMKind(Generic[C]):
+    """What the LLM kinds share: the static `base_url` check, the key preflight, the endpoint of
+    a node's call, and their SDK clients per endpoint (`_new_client` is each kind's own)."""
+
+    check = staticmethod(check_base_url)
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._policy = AddressPolicy.from_settings(settings.http_allowed_networks)
+        self._clients: ClientCache[C] = ClientCache(
+            self._new_client, lambda c: c.close(), shards=settings.llm_clients_per_endpoint)
+
+    def _new_client(self, where: Endpoint) -> C:
+        raise NotImplementedError
+
+    async def preflight(self, spec: NodeSpec, context: RunContext) -> list[ActionRequired]:
+        assert isinstance(spec, LLMNodeSpec)
+        where = endpoint(spec, self._settings)
+        return [missing_key(spec, where)] if where.missing else []
+
+    def _endpoint(self, spec: LLMNodeSpec) -> Endpoint:
+        """Where `spec`'s call goes. A missing key (preflight reports it first) fails the node."""
+        where = endpoint(spec, self._settings)
+        if where.missing:
+            raise ProviderError(f'node "{spec.id}" has no API key', "missing_api_key", False)
+        return where
