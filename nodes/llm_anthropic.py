@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from graph.errors import NodeError, NodeTimeout, ProviderError, redact
-from graph.kinds import LLMRequest, NodeOutput, Turn
+from graph.kinds import LLMRequest, NodeOutput
 from graph.schema import LLMNodeSpec, ToolCall, Usage
-from nodes.llm_openai import SESAME_PARAMETERS
+from nodes.llm_openai import SESAME_PARAMETERS, messages
 from nodes.netguard import AddressRefused, guarded_client, refused_cause
 from nodes.provider_http import origin, retry_after_s, retryable_status, shared_ssl_context
 from nodes.providers import NO_KEY, Endpoint, LLMKind
@@ -52,7 +52,7 @@ class AnthropicKind(LLMKind["anthropic.AsyncAnthropic"]):
         tools = [{"name": f.name, "description": f.description, "input_schema": f.parameters}
                  for f in request.functions]
         call = {"model": spec.model_name, "max_tokens": max_tokens,
-                "messages": messages(request.history, request.prompt),
+                "messages": messages(None, request.history, request.prompt),  # Anthropic takes `system` apart
                 "system": request.system_prompt or anthropic.omit, "tools": tools or anthropic.omit,
                 "extra_body": extra or None, "timeout": self._settings.llm_timeout_s}
         client = await self._clients.get(where)
@@ -85,15 +85,6 @@ class AnthropicKind(LLMKind["anthropic.AsyncAnthropic"]):
             timeout=self._settings.llm_timeout_s,
             http_client=(guarded_client(self._policy) if where.from_node
                          else anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context(trust_env=True))))
-
-
-def messages(history: tuple[Turn, ...], prompt: str) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = []
-    for turn in history:
-        result.append({"role": "user", "content": turn.user})
-        result.append({"role": "assistant", "content": turn.assistant})
-    result.append({"role": "user", "content": prompt})
-    return result
 
 
 @dataclass
