@@ -139,7 +139,9 @@ class Scheduler:
         steps = tuple(ChainStep(spec=self._workflow.nodes[n], tools=tuple(self._workflow.tool_children(n)),
                                 history=self._history(n)) for n in after)
         inside = {first.spec.id, *after}
-        named = {ref for n in after for ref in referenced(self._workflow.nodes[n]) if ref not in inside}
+        # A routed Tool's `arguments` are not its (the model's calls are), nor checked by validation.
+        named = {ref for n in after if not self._is_routed(n)
+                 for ref in referenced(self._workflow.nodes[n]) if ref not in inside}
         return Chain(first=first, steps=steps, user_query=self._workflow.user_query,
                      outputs={ref: as_text(self._results[ref].output) for ref in named},
                      limit=self._workflow.limits.max_rendered_chars)
@@ -187,9 +189,13 @@ class Scheduler:
         return [call for parent in self._workflow.llm_parents(node_id)
                 for call in self._results[parent.id].tool_calls if call.node_id == node_id]
 
+    def _is_routed(self, node_id: NodeId) -> bool:
+        """A Tool child of an LLM: it runs the calls the model routed to it."""
+        return isinstance(self._workflow.nodes[node_id], ToolNodeSpec) and bool(self._workflow.llm_parents(node_id))
+
     def _task_for(self, node_id: NodeId) -> NodeTask:
         spec = self._workflow.nodes[node_id]
-        if isinstance(spec, ToolNodeSpec) and self._workflow.llm_parents(node_id):
+        if isinstance(spec, ToolNodeSpec) and self._is_routed(node_id):
             return routed_task(spec, self._context, self._routed_calls(node_id))
         parents = self._workflow.parents[node_id]
         inputs = Inputs(

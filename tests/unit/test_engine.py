@@ -195,3 +195,16 @@ def test_a_chain_stops_where_a_node_fails_or_the_model_calls_nothing():
 def test_no_chain_across_a_fan_out_or_a_join():
     _, runner, _ = run_counting(request(llm("A", ["B", "C"]), llm("B", ["D"]), llm("C", ["D"]), llm("D")))
     assert sorted(map(tuple, runner.trips)) == [("A",), ("B",), ("C",), ("D",)]
+
+
+def test_a_routed_tools_own_arguments_are_ignored_in_a_chain_whatever_they_name():
+    # Found in review: the chain gathered the `{node.<id>}` texts a routed Tool's arguments name
+    # (which validation does not check: the model's calls are used) -> KeyError, a 500.
+    calls = [{"action": "GMAIL_SEND", "arguments": {"to": "sam"}}]
+    for named in ("ghost", "B"):  # no such node; a node in a branch that has not finished
+        body = request(llm("A", ["T"], calls=calls), tool("T", arguments={"to": "{node.%s}" % named}),
+                       llm("B", delay=0.05))
+        response, runner, _ = run_counting(body)
+        assert ["A", "T"] in runner.trips
+        assert response.nodes["T"].output == [{"action": "GMAIL_SEND", "arguments": {"to": "sam"}, "version": "v1"}]
+        assert response.status == "succeeded"
