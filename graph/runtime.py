@@ -24,7 +24,8 @@ Workers die (their process crashes, their machine is stopped). Ray restarts a de
 (`max_restarts=-1`; on another node if its node is gone), and the runner sends
 the node that was on it to another worker when that is safe: an LLM node or a preflight check
 (a repeated model call has no effect outside), never a Tool node, whose call may already have
-reached the provider — that node fails with `worker_died`. A worker that just failed is passed
+reached the provider — that node fails with `worker_died` (in a chain, the LLM nodes before the
+Tool are resent on their own; `run_chain`). A worker that just failed is passed
 over for `_SUSPECT_S`: after a machine crash its actors look alive until Ray notices (~15 s).
 """
 
@@ -38,7 +39,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 from ray.exceptions import RayActorError, RayError
@@ -195,18 +196,44 @@ class RayRunner:
         return result
 
     async def run_chain(self, chain: Chain) -> list[NodeResult]:
-        """A node and the nodes after it in one actor call (graph.worker's `execute_chain`)."""
+        """A node and the nodes after it in one actor call (graph.worker's `execute_chain`).
+
+        A chain holding a Tool node whose worker dies is not sent again whole: the Tool's call
+        may have reached its provider. The LLM nodes before it are (a repeated model call has no
+        effect outside), and the Tool fails with `worker_died`, not retryable — as when the two
+        go in separate trips and the worker dies under the Tool."""
         timeout_s = sum(node_timeout_s(spec, self._settings) for spec in chain.specs) + _GRACE_S
 
         async def send(index: int, lost: int) -> list[NodeResult]:
             return await self._bounded(self._workers[index].run_chain.remote(chain), timeout_s)
 
-        return await self._send(chain.first, chain.specs, timeout_s, send)
+        async def salvage(lost: int) -> list[NodeResult]:
+            tool_at = next(i for i, spec in enumerate(chain.specs) if not isinstance(spec, LLMNodeSpec))
+            before: list[NodeResult] = []
+            if tool_at == 1:
+                before = [await self.run(chain.first)]
+            elif tool_at > 1:
+                before = await self.run_chain(replace(chain, steps=chain.steps[:tool_at - 1]))
+            if before:
+                before[0] = before[0].model_copy(update={"attempts": before[0].attempts + lost})
+            if tool_at and (len(before) < tool_at or before[-1].status != "succeeded"):
+                return before  # the chain stops there anyway: the Tool would not have run
+            tool = chain.specs[tool_at]
+            return [*before, NodeResult(
+                id=tool.id, name=tool.name, type=tool.type, status="failed", attempts=lost,
+                error=ErrorInfo(code="worker_died", retryable=False, message=(
+                    f"the worker running tool node {tool.id!r} died (it went in one trip from node "
+                    f"{chain.first.spec.id!r}); its calls may have reached the provider, so they were not repeated")))]
+
+        return await self._send(chain.first, chain.specs, timeout_s, send, salvage)
 
     async def _send(self, first: NodeTask, specs: list[NodeSpec], timeout_s: float,
-                    send: Callable[[int, int], Awaitable[list[NodeResult]]]) -> list[NodeResult]:
+                    send: Callable[[int, int], Awaitable[list[NodeResult]]],
+                    salvage: Callable[[int], Awaitable[list[NodeResult]]] | None = None) -> list[NodeResult]:
         """`send(worker, lost)` to a worker; if the worker dies, to another one — as long as
-        every node sent is an LLM node (a tool call may already have reached its provider)."""
+        every node sent is an LLM node (a tool call may already have reached its provider);
+        otherwise `salvage(lost)`, when given, answers. A trip that times out or fails on Ray
+        with a Tool node among several is not retryable: the Tool may have run."""
         started = time.time()
         lost = 0  # attempts lost with workers that died under the node
         while True:
@@ -229,12 +256,19 @@ class RayRunner:
                             extra={"run_id": first.context.run_id})
                 if resend:
                     continue
+                if salvage is not None and not all(isinstance(spec, LLMNodeSpec) for spec in specs):
+                    return await salvage(lost)
                 error = _worker_died(first, lost)
             except RayError as exc:
                 log.exception("node %s: Ray error", first.spec.id, extra={"run_id": first.context.run_id})
                 error = ErrorInfo(code="runtime_error", retryable=True,
                                   message=f"node {first.spec.id!r} could not be run on Ray ({type(exc).__name__})")
             break
+        tools = [spec.id for spec in specs[1:] if not isinstance(spec, LLMNodeSpec)]
+        if tools and error.code != "worker_died":
+            error = error.model_copy(update={"retryable": False, "message": (
+                f"{error.message}; tool node {tools[0]!r} went in the same trip and may have reached "
+                "its provider, so nothing was repeated")})
         finished = time.time()
         spec = first.spec
         return [NodeResult(id=spec.id, name=spec.name, type=spec.type, status="failed", error=error,

@@ -104,3 +104,25 @@ def test_a_tool_node_whose_worker_dies_fails_with_worker_died_and_is_not_repeate
     note = result.nodes["note"]  # resent; maybe twice, if first to the other dying worker
     assert note.status == "succeeded" and 2 <= len(openai_stub.requests) <= note.attempts <= 3
     assert {p.pid for p in after}.isdisjoint({p.pid for p in before})
+
+
+def test_a_worker_dying_under_a_fused_llm_to_tool_trip_resends_the_llm_and_never_the_tool(
+        runner, openai_stub, composio_stub):
+    # The reference workflow goes to one worker in one trip (LLM -> Gmail). Found in review: its
+    # worker dying mid-execute answered "the LLM's worker died; run again" (retryable), and the
+    # Gmail node `skipped`, though the e-mail may have gone: a rerun would send it twice.
+    runner, settings = runner
+    composio_stub.active_users.add((SEED["user_id"], "gmail"))
+    composio_stub.execute_delay_s = 2.0
+
+    result, before, after = _run_killing_workers(
+        runner, settings, copy.deepcopy(SEED), in_flight=lambda: len(composio_stub.executions()) == 1,
+        victims=lambda placements: placements)
+
+    llm_node, mail = result.nodes["1"], result.nodes["2"]
+    assert llm_node.status == "succeeded" and llm_node.attempts >= 2, llm_node
+    assert mail.status == "failed" and mail.error.code == "worker_died" and not mail.error.retryable, mail
+    assert "not repeated" in mail.error.message and result.status == "failed"
+    time.sleep(2.5)  # longer than the stub's execute delay: a repeat would have arrived by now
+    assert len(composio_stub.executions()) == 1
+    assert len(openai_stub.requests) >= 2  # the model was asked again, on a live worker
