@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("ray.serve").addFilter(
         lambda record: "Connecting to existing Serve app" not in record.getMessage())
 
-    ray.init(address=settings.ray_address, include_dashboard=False)
+    # "local": a cluster of our own even where RAY_ADDRESS or a `ray start` on this machine would
+    # make plain `ray.init()` join that one (without the environment direct ingress needs).
+    ray.init(address=settings.ray_address or "local", include_dashboard=False)
     try:
         while (nodes := sum(node["Alive"] for node in ray.nodes())) < options.wait_for_nodes:
             log.info("waiting for %d Ray nodes (%d up)", options.wait_for_nodes, nodes)

@@ -16,6 +16,7 @@ real machines. Select these tests with `-m cluster`; they take about a minute.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from tests.stubs.openai_stub import OpenAIStub
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 ROOT = Path(__file__).parents[2]
+SEED = json.loads((ROOT / "examples" / "seed_request.json").read_text())
 OPENAI_KEY = "sk-cluster-canary-3b9d7f1e2a"     # in the Ray nodes' environment only
 COMPOSIO_KEY = "cmp-cluster-canary-8c4e6a0d5f"  # given to `scripts/serve`, travels in Settings
 FAN_OUT = 40
@@ -201,3 +203,40 @@ def test_a_ray_node_that_crashes_mid_run_loses_no_run(deployment):
     print(f"\ncrashed a node with {len(resent)} of {FAN_OUT} branches on it ({resends} resends, the first "
           f"{first_resend:.1f} s after the crash): the run ended {run['status']} {ended:.1f} s later; "
           f"all workers answered again {healed:.1f} s after that")
+
+
+def test_scripts_serve_without_sesame_ray_address_starts_its_own_ray_even_beside_a_cluster(deployment):
+    # Found in review: with RAY_ADDRESS set (or a `ray start` cluster on the machine) plain
+    # `ray.init()` joined that cluster, without the settings Serve's direct ingress needs, and
+    # nothing answered on SESAME_PORT though the log said "ready". Last in this file: before the
+    # fix it would have redeployed Serve on the module's cluster.
+    cluster = deployment.cluster
+    port = free_port()
+    env = cluster.process_env(RAY_ADDRESS=cluster.address, SESAME_HOST="127.0.0.1", SESAME_PORT=str(port),
+                              SESAME_DATABASE_URL=f"sqlite:///{cluster.temp_dir / 'own.db'}")
+    for secret in ("OPENAI_API_KEY", "COMPOSIO_API_KEY", "SESAME_RAY_ADDRESS"):
+        env.pop(secret, None)
+    log = cluster.temp_dir / "own-sesame.out"
+    with log.open("wb") as out:
+        sesame = subprocess.Popen(["scripts/serve"], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, health = time.monotonic() + 90, None
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            while health is None:
+                assert sesame.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                try:
+                    health = http.get("/healthz").json()
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            assert health["status"] == "ok" and health["ray_nodes"] == 1  # its own Ray, not the 3 nodes
+            seed = http.post("/", json=SEED).json()  # the README's first request, without keys
+        assert seed["status"] == "action_required"
+        assert {item["env_var"] for item in seed["action_required"]} == {"OPENAI_API_KEY", "COMPOSIO_API_KEY"}
+        assert _wait_healthy(deployment, ray_nodes=1) >= 0  # the cluster's own Sesame is untouched
+    finally:
+        sesame.terminate()
+        try:
+            sesame.wait(30)
+        except subprocess.TimeoutExpired:
+            sesame.kill()
