@@ -212,6 +212,12 @@ class RunService:
                     code="deadline_exceeded", retryable=False,
                     message=f"the run's deadline of {deadline_s:g} s passed; the nodes still running "
                             "were cancelled (deadline_s, SESAME_RUN_DEADLINE_S)"))
+            except Exception:  # a bug of ours: the run still ends, stored and answered, never a 500
+                log.exception("run %s failed inside Sesame", recorder.run_id, extra={"run_id": recorder.run_id})
+                response = execution.stopped(None, ErrorInfo(
+                    code="internal_error", retryable=False,
+                    message="Sesame failed while running this workflow (a bug: the server log has the "
+                            "details, under this run id); the nodes still running were cancelled"))
             if response.status in _TURN_RECORDING:
                 await self._writer.submit(AppendTurn(*key, recorder.run_id, workflow.user_query,
                                                      as_text(response.output)))

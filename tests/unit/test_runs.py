@@ -299,3 +299,28 @@ def test_a_chain_run_in_one_trip_still_tells_each_node_in_order(database_url):
                       ("node_started", "A"), ("node_finished", "A"), ("node_started", "B"),
                       ("node_finished", "B"), ("node_started", "C"), ("node_finished", "C"),
                       ("run_finished", None)]
+
+
+def test_a_bug_inside_the_engine_ends_the_run_stored_and_answered_not_left_running(database_url):
+    # The KeyError of a routed Tool's arguments in a chain (fixed in graph/scheduler.py) escaped
+    # the run: `result()` raised (HTTP 500) and the stored run stayed `running`. Whatever goes
+    # wrong inside, the run now ends with `internal_error`, stored as answered.
+    class BrokenChains(LocalRunner):
+        async def run_chain(self, chain):
+            raise KeyError("ghost")
+
+    async def main():
+        settings = Settings(database_url=database_url)
+        service = RunService(settings, BrokenChains(FakeRegistry(), settings), SqlStore(database_url))
+        await service.start()
+        try:
+            run_id, _ = await service.start_run(workflow_of(llm("A", ["B"]), llm("B"), llm("C", delay=5)), T)
+            result = await asyncio.wait_for(service.result(run_id), 20)
+            return result, await service.get(run_id, T, "u1")
+        finally:
+            await service.close()
+
+    result, stored = asyncio.run(main())
+    assert result.status == "failed" and result.error.code == "internal_error" and "bug" in result.error.message
+    assert [result.nodes[n].status for n in "ABC"] == ["cancelled"] * 3  # C was cut short, not left running
+    assert stored == result
