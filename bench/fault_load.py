@@ -53,7 +53,7 @@ async def drive(url: str, total: int, concurrency: int, fail_rate: float,
                 load_done: threading.Event) -> dict[str, Any]:
     import aiohttp
 
-    statuses: collections.Counter[int] = collections.Counter()
+    statuses: collections.Counter[int | str] = collections.Counter()
     run_statuses: collections.Counter[str] = collections.Counter()
     runs: dict[str, str] = {}  # run id -> user
     latencies: list[float] = []
@@ -63,11 +63,16 @@ async def drive(url: str, total: int, concurrency: int, fail_rate: float,
             for index in pending:
                 body = workflow(index, fail_rate)
                 started = time.monotonic()
-                async with http.post("/", json=body) as response:
-                    answer = await response.json(content_type=None)
+                try:
+                    async with http.post("/", json=body) as response:
+                        status, text = response.status, await response.text()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # counted, not fatal
+                    statuses[f"no answer ({type(exc).__name__})"] += 1
+                    continue
                 latencies.append(time.monotonic() - started)
-                statuses[response.status] += 1
-                if response.status == 200:
+                statuses[status] += 1
+                if status == 200:
+                    answer = json.loads(text)
                     runs[answer["run_id"]] = body["user_id"]
                     run_statuses[answer["status"]] += 1
 
@@ -103,9 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     direct_port, proxy_port = _free_port(), _free_port()
     os.environ.update({"OPENAI_BASE_URL": stub.base_url, "OPENAI_API_KEY": "sk-bench-fault-load",
                        "SESAME_RETRY_BASE_DELAY_S": "0.05"})
-    sesame_adapter.start_ray(direct_port)
     samples: list[dict[str, int]] = []
     try:
+        sesame_adapter.start_ray(direct_port)
         url = sesame_adapter.start_serve(proxy_port, direct_port)
         processes = Processes({"openai": stub.pid})
         stop = threading.Event()
@@ -124,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         sesame_adapter.stop_ray()
         stub.stop()
     result["rss_mib"] = _memory(samples)
-    result["five_xx"] = sum(n for status, n in result["http_statuses"].items() if int(status) >= 500)
+    result["five_xx"] = sum(n for status, n in result["http_statuses"].items()
+                            if isinstance(status, int) and status >= 500)
+    result["no_answer"] = sum(n for status, n in result["http_statuses"].items() if isinstance(status, str))
     result.update(total=args.total, concurrency=args.concurrency, fail_rate=args.fail_rate,
                   load_average=list(os.getloadavg()))
     print(_table(result))
@@ -153,6 +160,7 @@ def _memory(samples: list[dict[str, int]]) -> dict[str, Any]:
 def _table(r: dict[str, Any]) -> str:
     rows = [("requests", f"{r['total']} at {r['concurrency']} concurrent, {r['fail_rate']:.0%} of model calls failing"),
             ("HTTP statuses", json.dumps(r["http_statuses"])), ("HTTP 5xx from Sesame", r["five_xx"]),
+            ("requests with no answer (connection error, 120 s timeout)", r["no_answer"]),
             ("run statuses", json.dumps(r["run_statuses"])),
             ("runs readable afterwards", f"{r['runs'] - r['unreadable']} of {r['runs']}"),
             ("runs not in a terminal status", r["not_terminal"]),
