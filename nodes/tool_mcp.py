@@ -179,7 +179,9 @@ class MCPToolKind:
         if refused is not None:
             return ProviderError(f"{where}: {refused.message}", "address_refused", False, earlier)
         mcp_error = _find(exc, MCPError)
-        if isinstance(exc, TimeoutError) or (mcp_error is not None and mcp_error.code == REQUEST_TIMEOUT):
+        # Our deadline and the HTTP client's read timeout are the same setting: either may fire first.
+        timed_out = isinstance(exc, TimeoutError) or _find(exc, httpx2.TimeoutException) is not None
+        if timed_out or (mcp_error is not None and mcp_error.code == REQUEST_TIMEOUT):
             return NodeTimeout(f"{where}: no answer within {self._settings.mcp_timeout_s:g} s "
                                "(SESAME_MCP_TIMEOUT_S)", "tool_timeout", True, sending or earlier)
         if mcp_error is not None:
