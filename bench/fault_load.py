@@ -53,7 +53,8 @@ async def drive(url: str, total: int, concurrency: int, fail_rate: float,
                 load_done: threading.Event) -> dict[str, Any]:
     import aiohttp
 
-    statuses: collections.Counter[int | str] = collections.Counter()
+    statuses: collections.Counter[int] = collections.Counter()
+    no_answer: collections.Counter[str] = collections.Counter()  # by the client's error
     run_statuses: collections.Counter[str] = collections.Counter()
     runs: dict[str, str] = {}  # run id -> user
     latencies: list[float] = []
@@ -67,7 +68,7 @@ async def drive(url: str, total: int, concurrency: int, fail_rate: float,
                     async with http.post("/", json=body) as response:
                         status, text = response.status, await response.text()
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # counted, not fatal
-                    statuses[f"no answer ({type(exc).__name__})"] += 1
+                    no_answer[type(exc).__name__] += 1
                     continue
                 latencies.append(time.monotonic() - started)
                 statuses[status] += 1
@@ -89,7 +90,8 @@ async def drive(url: str, total: int, concurrency: int, fail_rate: float,
                 if (await response.json())["status"] not in TERMINAL:
                     not_terminal += 1
     latencies.sort()
-    return {"http_statuses": dict(statuses), "run_statuses": dict(run_statuses), "runs": len(runs),
+    return {"http_statuses": dict(statuses), "no_answer": sum(no_answer.values()), "no_answer_by_error": dict(no_answer),
+            "run_statuses": dict(run_statuses), "runs": len(runs),
             "unreadable": unreadable, "not_terminal": not_terminal, "wall_s": round(wall, 2),
             "requests_per_s": round(total / wall, 1),
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
@@ -129,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         sesame_adapter.stop_ray()
         stub.stop()
     result["rss_mib"] = _memory(samples)
-    result["five_xx"] = sum(n for status, n in result["http_statuses"].items()
-                            if isinstance(status, int) and status >= 500)
-    result["no_answer"] = sum(n for status, n in result["http_statuses"].items() if isinstance(status, str))
+    result["five_xx"] = sum(n for status, n in result["http_statuses"].items() if status >= 500)
     result.update(total=args.total, concurrency=args.concurrency, fail_rate=args.fail_rate,
                   load_average=list(os.getloadavg()))
     print(_table(result))
@@ -160,7 +160,8 @@ def _memory(samples: list[dict[str, int]]) -> dict[str, Any]:
 def _table(r: dict[str, Any]) -> str:
     rows = [("requests", f"{r['total']} at {r['concurrency']} concurrent, {r['fail_rate']:.0%} of model calls failing"),
             ("HTTP statuses", json.dumps(r["http_statuses"])), ("HTTP 5xx from Sesame", r["five_xx"]),
-            ("requests with no answer (connection error, 120 s timeout)", r["no_answer"]),
+            ("requests with no answer (connection error, 120 s timeout)",
+             f"{r['no_answer']} {json.dumps(r['no_answer_by_error'])}" if r["no_answer"] else 0),
             ("run statuses", json.dumps(r["run_statuses"])),
             ("runs readable afterwards", f"{r['runs'] - r['unreadable']} of {r['runs']}"),
             ("runs not in a terminal status", r["not_terminal"]),

@@ -236,6 +236,7 @@ class RayRunner:
         with a Tool node among several is not retryable: the Tool may have run."""
         started = time.time()
         lost = 0  # attempts lost with workers that died under the node
+        tools = [spec.id for spec in specs if not isinstance(spec, LLMNodeSpec)]  # calls may have gone out
         while True:
             index = self._next_worker()
             try:
@@ -250,13 +251,13 @@ class RayRunner:
             except RayActorError as exc:
                 self._failed_at[index] = time.monotonic()
                 lost += 1
-                resend = all(isinstance(spec, LLMNodeSpec) for spec in specs) and lost < _WORKER_ATTEMPTS
+                resend = not tools and lost < _WORKER_ATTEMPTS
                 log.warning("node %s: its worker died (%s)%s", first.spec.id, type(exc).__name__,
                             "; sending it to another worker" if resend else "",
                             extra={"run_id": first.context.run_id})
                 if resend:
                     continue
-                if salvage is not None and not all(isinstance(spec, LLMNodeSpec) for spec in specs):
+                if salvage is not None and tools:
                     return await salvage(lost)
                 error = _worker_died(first, lost)
             except RayError as exc:
@@ -264,10 +265,10 @@ class RayRunner:
                 error = ErrorInfo(code="runtime_error", retryable=True,
                                   message=f"node {first.spec.id!r} could not be run on Ray ({type(exc).__name__})")
             break
-        tools = [spec.id for spec in specs[1:] if not isinstance(spec, LLMNodeSpec)]
-        if tools and error.code != "worker_died":
+        along = [tool for tool in tools if tool != first.spec.id]  # tools in the trip after `first`
+        if along and error.code != "worker_died":
             error = error.model_copy(update={"retryable": False, "message": (
-                f"{error.message}; tool node {tools[0]!r} went in the same trip and may have reached "
+                f"{error.message}; tool node {along[0]!r} went in the same trip and may have reached "
                 "its provider, so nothing was repeated")})
         finished = time.time()
         spec = first.spec

@@ -12,13 +12,22 @@ from ray.serve._private.logging_utils import StreamToLogger
 from graph import logs
 
 
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_in_a_serve_replica_our_lines_skip_serves_stream_to_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     # Serve's wrapper walks the whole stack for every line; it stalled the replica's loop.
     original = io.StringIO()
-    through_serve: list[logging.LogRecord] = []
+    through_serve = Kept()
     serve_logger = logging.getLogger("test.serve-replica")
     serve_logger.propagate = False
-    serve_logger.addHandler(type("Keep", (logging.Handler,), {"emit": lambda self, r: through_serve.append(r)})())
+    serve_logger.addHandler(through_serve)
     monkeypatch.setattr(sys, "stderr", StreamToLogger(serve_logger, logging.INFO, original))
     ours = logging.getLogger("sesame.test-logs")
     for name in logs.OURS:
@@ -28,4 +37,4 @@ def test_in_a_serve_replica_our_lines_skip_serves_stream_to_logger(monkeypatch: 
     ours.info("run finished", extra={"run_id": "run_1"})
 
     assert "INFO sesame.test-logs run finished run_id=run_1" in original.getvalue()
-    assert through_serve == []
+    assert through_serve.records == []
